@@ -1,0 +1,250 @@
+//! Stack overflow diagnosis.
+//!
+//! A fiber that runs off the bottom of its stack touches the `PROT_NONE`
+//! guard page and gets SIGSEGV (SIGBUS on some kernels). With no handler,
+//! that is a silent crash. This module installs, once per process, a
+//! SIGSEGV/SIGBUS handler that runs on an alternate signal stack (the
+//! faulting stack is unusable), recognises a fault in the guard page of the
+//! fiber running on this thread, prints `fiber stack overflow` with the
+//! fiber's stack range to stderr and aborts.
+//!
+//! Every other fault is passed, unchanged, to the handler that was installed
+//! before ours (wasmtime's trap handler, Rust's own stack-overflow handler,
+//! or the default action), so those keep working in the same process
+//! whichever was installed first.
+//!
+//! Which fiber runs on a thread is a thread-local updated on every resume
+//! and suspend; it is a plain `Cell` read with no lazy initialisation, so the
+//! handler may read it.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// The guard page and usable range of the fiber running on this thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ActiveStack {
+    pub guard_start: usize,
+    pub bottom: usize,
+    pub top: usize,
+}
+
+impl ActiveStack {
+    pub const NONE: ActiveStack = ActiveStack {
+        guard_start: 0,
+        bottom: 0,
+        top: 0,
+    };
+}
+
+thread_local! {
+    static ACTIVE: Cell<ActiveStack> = const { Cell::new(ActiveStack::NONE) };
+    static ALTSTACK_CHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records that `stack` now runs on this thread; returns what ran before,
+/// to be restored with [`leave`] when control comes back.
+#[inline]
+pub(crate) fn enter(stack: ActiveStack) -> ActiveStack {
+    if !ALTSTACK_CHECKED.get() {
+        ensure_altstack();
+    }
+    ACTIVE.replace(stack)
+}
+
+#[inline]
+pub(crate) fn leave(previous: ActiveStack) {
+    ACTIVE.set(previous);
+}
+
+/// The handlers that were installed before ours, for SIGSEGV and SIGBUS.
+static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
+
+/// Installs the SIGSEGV/SIGBUS handler once per process.
+pub(crate) fn install_overflow_handler() {
+    PREVIOUS.get_or_init(|| {
+        // SAFETY: sigaction with a zeroed struct only reads the current
+        // handler; our handler is async-signal-safe (it reads a Cell and
+        // PREVIOUS, calls write(2) and abort(3)). The returned previous
+        // handlers are stored before ours can run, because OnceLock makes
+        // the value visible before get_or_init returns and the handler
+        // only runs for faults after that.
+        unsafe {
+            let mut previous: [libc::sigaction; 2] = std::mem::zeroed();
+            let mut ours: libc::sigaction = std::mem::zeroed();
+            ours.sa_sigaction = on_fault as *const () as usize;
+            ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            libc::sigemptyset(&mut ours.sa_mask);
+            for (i, signal) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
+                libc::sigaction(signal, std::ptr::null(), &mut previous[i]);
+            }
+            for signal in [libc::SIGSEGV, libc::SIGBUS] {
+                libc::sigaction(signal, &ours, std::ptr::null_mut());
+            }
+            previous
+        }
+    });
+}
+
+extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let address = unsafe { (*info).si_addr() } as usize;
+    let active = ACTIVE.get();
+    if active.top != 0 && (active.guard_start..active.bottom).contains(&address) {
+        report_overflow(address, active);
+    }
+    let Some(previous) = PREVIOUS.get() else {
+        return;
+    };
+    let previous = &previous[usize::from(signal == libc::SIGBUS)];
+    let handler = previous.sa_sigaction;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // SAFETY: restoring the previous disposition; returning re-executes
+        // the faulting instruction, which then gets the default action.
+        unsafe { libc::sigaction(signal, previous, std::ptr::null_mut()) };
+    } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: a handler installed with SA_SIGINFO has this signature;
+        // we forward exactly what the kernel gave us.
+        let forward: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        forward(signal, info, context);
+    } else {
+        // SAFETY: a handler installed without SA_SIGINFO takes the signal only.
+        let forward: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+        forward(signal);
+    }
+}
+
+fn report_overflow(address: usize, active: ActiveStack) -> ! {
+    let mut message = Message::default();
+    message.push(b"fiber stack overflow: fault at ");
+    message.push_hex(address);
+    message.push(b" in the guard page of the fiber stack ");
+    message.push_hex(active.bottom);
+    message.push(b"-");
+    message.push_hex(active.top);
+    message.push(b" (");
+    message.push_decimal((active.top - active.bottom) / 1024);
+    message.push(b" KiB); aborting\n");
+    // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is ours.
+    unsafe {
+        libc::write(2, message.bytes.as_ptr().cast(), message.len);
+        libc::abort();
+    }
+}
+
+/// A fixed buffer for formatting in a signal handler (no allocation).
+struct Message {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl Default for Message {
+    fn default() -> Self {
+        Message {
+            bytes: [0; 256],
+            len: 0,
+        }
+    }
+}
+
+impl Message {
+    fn push(&mut self, text: &[u8]) {
+        let n = text.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
+        self.len += n;
+    }
+
+    fn push_hex(&mut self, value: usize) {
+        let mut digits = [0u8; 18];
+        digits[0] = b'0';
+        digits[1] = b'x';
+        for (i, digit) in digits[2..].iter_mut().enumerate() {
+            let nibble = (value >> (60 - 4 * i)) & 0xf;
+            *digit = b"0123456789abcdef"[nibble];
+        }
+        self.push(&digits);
+    }
+
+    fn push_decimal(&mut self, mut value: usize) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        self.push(&digits[start..]);
+    }
+}
+
+/// Makes sure this thread has an alternate signal stack, so the handler can
+/// run when the fiber's own stack is exhausted. Rust's std gives one to every
+/// thread it starts; threads started otherwise get ours, freed at thread exit.
+#[cold]
+fn ensure_altstack() {
+    ALTSTACK_CHECKED.set(true);
+    // SAFETY: stack_t is plain data (zero is a valid value); querying the
+    // current alternate stack only writes `current`.
+    let current = unsafe {
+        let mut current: libc::stack_t = std::mem::zeroed();
+        libc::sigaltstack(std::ptr::null(), &mut current);
+        current
+    };
+    if current.ss_flags & libc::SS_DISABLE == 0 {
+        return;
+    }
+    OWN_ALTSTACK.with(|own| {
+        if let Ok(stack) = crate::stack::Stack::new(ALTSTACK_SIZE) {
+            let range = stack.range();
+            let wanted = libc::stack_t {
+                ss_sp: range.start as *mut libc::c_void,
+                ss_flags: 0,
+                ss_size: range.end - range.start,
+            };
+            // SAFETY: the memory stays mapped while it is installed: it is
+            // owned by OWN_ALTSTACK, whose destructor uninstalls it first.
+            if unsafe { libc::sigaltstack(&wanted, std::ptr::null_mut()) } == 0 {
+                own.replace(Some(AltStack(stack)));
+            }
+        }
+    });
+}
+
+const ALTSTACK_SIZE: usize = 64 * 1024;
+
+struct AltStack(#[allow(dead_code)] crate::stack::Stack);
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        let disable = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: disabling the alternate stack before its memory is unmapped.
+        unsafe { libc::sigaltstack(&disable, std::ptr::null_mut()) };
+    }
+}
+
+thread_local! {
+    static OWN_ALTSTACK: std::cell::RefCell<Option<AltStack>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_formats_numbers() {
+        let mut m = Message::default();
+        m.push_hex(0xdead_beef);
+        m.push(b" ");
+        m.push_decimal(0);
+        m.push(b" ");
+        m.push_decimal(1234);
+        assert_eq!(&m.bytes[..m.len], b"0x00000000deadbeef 0 1234");
+    }
+}

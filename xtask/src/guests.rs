@@ -1,0 +1,257 @@
+//! `cargo xtask build-guests` and `cargo xtask cc`: the C guest toolchain.
+//!
+//! Every `*.c` file under `guests/` is one program, built into `<target>/guests/<stem>.wasm`.
+//! Builds are incremental: an output newer than its source, every header under `guests/`, and
+//! the toolchain fingerprint is left alone, so `cargo xtask test` stays fast.
+//!
+//! A guest that must be built without one of the standard flags (to test that the host refuses
+//! it) says so in a line of its source: `// xtask-omit-flag: -Wl,--export=__stack_pointer`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use crate::toolchain::{self, Toolchain};
+use crate::util::{Result, describe, target_dir, workspace_root};
+
+/// Extra warnings the project's own guests must compile cleanly with.
+const PROJECT_WARNING_FLAGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
+
+/// Where built guests land: `<target>/guests`.
+pub fn output_dir() -> PathBuf {
+    target_dir().join("guests")
+}
+
+pub fn build_all() -> Result {
+    let guests = workspace_root().join("guests");
+    let sources = find_sources(&guests)?;
+    if sources.is_empty() {
+        return Err(format!("no C sources under {}", guests.display()));
+    }
+    let toolchain = toolchain::find_or_install()?;
+    let out_dir = output_dir();
+    fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+
+    let mut fingerprint = toolchain.fingerprint();
+    fingerprint.push('\n');
+    fingerprint.push_str(&PROJECT_WARNING_FLAGS.join(" "));
+    let stamp = out_dir.join(".toolchain");
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(fingerprint.as_str()) {
+        fs::write(&stamp, &fingerprint)
+            .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    }
+    // A header change rebuilds everything: guests share `guests/include` and local headers.
+    let newest_input = newest_mtime(&find_files(&guests, "h")?)?.max(mtime(&stamp)?);
+
+    let mut stale = Vec::new();
+    for source in &sources {
+        let output = out_dir.join(stem(source)).with_extension("wasm");
+        let up_to_date = match fs::metadata(&output).and_then(|m| m.modified()) {
+            Ok(built) => built >= newest_input.max(mtime(source)?),
+            Err(_) => false,
+        };
+        if !up_to_date {
+            stale.push((source.clone(), output));
+        }
+    }
+    if stale.is_empty() {
+        eprintln!(
+            "xtask: {} guests up to date in {}",
+            sources.len(),
+            out_dir.display()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building {} of {} guests with {} into {}",
+        stale.len(),
+        sources.len(),
+        toolchain.name,
+        out_dir.display()
+    );
+    compile_in_parallel(&toolchain, &stale)
+}
+
+/// `cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]`: compiles with the standard
+/// toolchain and flags. Without `-o`, the output is `<stem of the first C file>.wasm`.
+pub fn cc(args: &[String]) -> Result {
+    if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
+        return Err(format!(
+            "usage: cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]\n\
+             standard flags: {}",
+            toolchain::standard_flags()
+                .iter()
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    let has_output = args
+        .iter()
+        .any(|a| a == "-o" || (a.starts_with("-o") && a.len() > 2));
+    let mut extra: Vec<OsString> = args.iter().map(OsString::from).collect();
+    if !has_output {
+        let first_c = args
+            .iter()
+            .find(|a| a.ends_with(".c"))
+            .ok_or("cc: no .c file given")?;
+        extra.push("-o".into());
+        extra.push(stem(Path::new(first_c)).with_extension("wasm").into());
+    }
+    let toolchain = toolchain::find_or_install()?;
+    let mut cmd = toolchain.command();
+    cmd.args(&extra);
+    let output = run_captured(&mut cmd)?;
+    if !output.is_empty() {
+        eprint!("{output}");
+    }
+    Ok(())
+}
+
+fn compile_in_parallel(toolchain: &Toolchain, jobs: &[(PathBuf, PathBuf)]) -> Result {
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(jobs.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((source, output)) = jobs.get(index) else {
+                        break;
+                    };
+                    if let Err(e) = compile_one(toolchain, source, output) {
+                        failures.lock().unwrap().push(e);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} guests failed to build:\n\n{}",
+            failures.len(),
+            jobs.len(),
+            failures.join("\n")
+        ))
+    }
+}
+
+/// Compiles through a temporary file, so an interrupted build never leaves a fresh-looking
+/// broken output behind.
+fn compile_one(toolchain: &Toolchain, source: &Path, output: &Path) -> Result {
+    let temporary = output.with_extension("wasm.tmp");
+    let text =
+        fs::read_to_string(source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+    let omitted: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("// xtask-omit-flag:"))
+        .map(|flag| flag.trim().to_string())
+        .collect();
+    let mut cmd = toolchain.command_omitting(&omitted);
+    cmd.args(PROJECT_WARNING_FLAGS)
+        .arg(source)
+        .arg("-o")
+        .arg(&temporary);
+    let diagnostics = run_captured(&mut cmd);
+    let diagnostics = match diagnostics {
+        Ok(text) => text,
+        Err(e) => {
+            let _ = fs::remove_file(&temporary);
+            return Err(e);
+        }
+    };
+    fs::rename(&temporary, output)
+        .map_err(|e| format!("cannot move {} into place: {e}", temporary.display()))?;
+    eprintln!("  built {}", output.display());
+    if !diagnostics.is_empty() {
+        eprint!("{diagnostics}");
+    }
+    Ok(())
+}
+
+/// Runs a compiler, returning its diagnostics; failure carries the command and its output.
+fn run_captured(cmd: &mut Command) -> Result<String> {
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot start `{}`: {e}", describe(cmd)))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "`{}` failed ({}):\n{text}",
+            describe(cmd),
+            output.status
+        ))
+    }
+}
+
+/// Every C source under `guests/`, refusing two with the same stem (they would share an output).
+fn find_sources(guests: &Path) -> Result<Vec<PathBuf>> {
+    let sources = find_files(guests, "c")?;
+    let mut seen: Vec<(PathBuf, &Path)> = Vec::new();
+    for source in &sources {
+        let name = stem(source);
+        if let Some((_, first)) = seen.iter().find(|(seen_name, _)| *seen_name == name) {
+            return Err(format!(
+                "{} and {} would both build {}.wasm: rename one",
+                first.display(),
+                source.display(),
+                name.display()
+            ));
+        }
+        seen.push((name, source));
+    }
+    Ok(sources)
+}
+
+/// Files under `dir` (recursively) whose extension is `ext`, sorted.
+fn find_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries =
+            fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == ext) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn stem(path: &Path) -> PathBuf {
+    PathBuf::from(path.file_stem().unwrap_or_default())
+}
+
+fn mtime(path: &Path) -> Result<SystemTime> {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("cannot read the time of {}: {e}", path.display()))
+}
+
+fn newest_mtime(paths: &[PathBuf]) -> Result<SystemTime> {
+    paths
+        .iter()
+        .try_fold(SystemTime::UNIX_EPOCH, |newest, path| {
+            Ok(newest.max(mtime(path)?))
+        })
+}

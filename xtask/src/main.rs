@@ -1,0 +1,65 @@
+//! `cargo xtask`: the project's build, test, bench and demo entry points.
+//!
+//! Run `cargo xtask help` for the list of subcommands.
+
+mod aarch64;
+mod bench;
+mod demo;
+mod guests;
+mod toolchain;
+mod util;
+
+use std::process::ExitCode;
+use util::{Result, cargo, run};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+  demo                 run the main demo
+  test                 fmt check, clippy -D warnings, cargo test --workspace, test-aarch64
+  test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
+                       too when the Rust aarch64 target is installed)
+  bench <name>         run a side-by-side benchmark: fiber
+  build-guests         build the C guests in guests/ into target/guests/
+  cc FILE.c -o OUT.wasm  compile a C file with the project's wasm toolchain and flags
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("test-aarch64") => aarch64::test(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("demo") => demo::run(),
+        Some("build-guests") => guests::build_all(),
+        Some("cc") => guests::cc(&args[1..]),
+        None | Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test() -> Result {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The end-to-end tests in tests/ run the C guests, so they must be built (incrementally) first.
+    guests::build_all()?;
+    run(cargo().args(["test", "--workspace"]))?;
+    aarch64::test()
+}
