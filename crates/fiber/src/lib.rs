@@ -63,7 +63,7 @@ mod stack;
 use std::any::Any;
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 
@@ -98,20 +98,43 @@ impl<Y, R> FiberResult<Y, R> {
 /// resumer passes its address through the switch and is blocked until the
 /// fiber switches back, so the fiber may use it meanwhile.
 ///
+/// Protocol, which makes every field's state known without tags: the
+/// resumer writes `to_fiber`; the fiber reads it exactly once, then writes
+/// exactly one of `yielded` and `finished` and names which one with the value
+/// it passes back through the switch ([`YIELDED`] or [`FINISHED`]); the
+/// resumer reads that one exactly once.
+///
 /// `repr(C)` puts `head` at offset 0, so the [`Suspender`], which does not
 /// know `Return`, can use an `*mut Exchange<I, Y, R>` as an
 /// `*mut ExchangeHead<I, Y>`.
 #[repr(C)]
 struct Exchange<I, Y, R> {
     head: ExchangeHead<I, Y>,
-    finished: Option<Finished<R>>,
+    finished: MaybeUninit<Finished<R>>,
 }
 
 #[repr(C)]
 struct ExchangeHead<I, Y> {
-    to_fiber: Option<ToFiber<I>>,
-    yielded: Option<Y>,
+    to_fiber: MaybeUninit<ToFiber<I>>,
+    yielded: MaybeUninit<Y>,
 }
+
+impl<I, Y, R> Exchange<I, Y, R> {
+    fn new(message: ToFiber<I>) -> Self {
+        Exchange {
+            head: ExchangeHead {
+                to_fiber: MaybeUninit::new(message),
+                yielded: MaybeUninit::uninit(),
+            },
+            finished: MaybeUninit::uninit(),
+        }
+    }
+}
+
+/// Passed back through the switch: the fiber wrote `yielded`.
+const YIELDED: usize = 1;
+/// Passed back through the switch: the fiber wrote `finished`.
+const FINISHED: usize = 2;
 
 enum ToFiber<I> {
     Resume(I),
@@ -143,7 +166,6 @@ enum State {
 /// state across suspends.
 pub struct Fiber<Input = (), Yield = (), Return = ()> {
     stack: ManuallyDrop<Stack>,
-    bounds: signal::ActiveStack,
     /// The switch slot near the top of `stack` (see `arch`).
     slot: *mut *mut u8,
     state: State,
@@ -197,8 +219,8 @@ impl<I, Y, R> Fiber<I, Y, R> {
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R,
     {
+        signal::prepare_thread();
         let range = stack.range();
-        let guard = stack.guard();
         let top = stack.top() as usize;
         let body_addr = (top - size_of::<F>()) & !(align_of::<F>().max(16) - 1);
         debug_assert!(body_addr - arch::INIT_FRAME_BYTES > range.start);
@@ -208,7 +230,7 @@ impl<I, Y, R> Fiber<I, Y, R> {
         // started. body_addr is aligned for F.
         let slot = unsafe {
             ptr::write(body_addr as *mut F, body);
-            arch::weft_fiber_init(
+            arch::init(
                 body_addr as *mut u8,
                 fiber_entry::<F, I, Y, R>,
                 body_addr as *mut u8,
@@ -216,11 +238,6 @@ impl<I, Y, R> Fiber<I, Y, R> {
         };
         Fiber {
             stack: ManuallyDrop::new(stack),
-            bounds: signal::ActiveStack {
-                guard_start: guard.start,
-                bottom: range.start,
-                top: range.end,
-            },
             slot,
             state: State::Unstarted,
             body: body_addr as *mut u8,
@@ -233,29 +250,33 @@ impl<I, Y, R> Fiber<I, Y, R> {
     ///
     /// A panic in the body ends the fiber and resumes unwinding here.
     /// Panics if the fiber has already finished.
+    #[inline]
     pub fn resume(&mut self, input: I) -> FiberResult<Y, R> {
-        assert!(
-            self.state != State::Finished,
-            "weft-fiber: resumed a fiber that has finished"
-        );
-        let mut exchange = Exchange {
-            head: ExchangeHead {
-                to_fiber: Some(ToFiber::Resume(input)),
-                yielded: None,
-            },
-            finished: None,
-        };
-        self.switch_in(&mut exchange);
-        if let Some(value) = exchange.head.yielded.take() {
-            self.state = State::Suspended;
-            return FiberResult::Yield(value);
+        if self.state == State::Finished {
+            resumed_after_finish();
         }
+        let mut exchange = Exchange::new(ToFiber::Resume(input));
+        if self.switch_in(&mut exchange) == YIELDED {
+            self.state = State::Suspended;
+            // SAFETY: the fiber wrote `yielded` and said so (Exchange protocol).
+            FiberResult::Yield(unsafe { exchange.head.yielded.assume_init_read() })
+        } else {
+            // SAFETY: the fiber wrote `finished` and said so.
+            self.finish(unsafe { exchange.finished.assume_init_read() })
+        }
+    }
+
+    /// The end of the resume in which the body returned or panicked; kept out
+    /// of line so `resume` stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn finish(&mut self, finished: Finished<R>) -> FiberResult<Y, R> {
         self.state = State::Finished;
-        match exchange.finished.take() {
-            Some(Finished::Return(value)) => FiberResult::Return(value),
-            Some(Finished::Panic(payload)) => panic::resume_unwind(payload),
+        match finished {
+            Finished::Return(value) => FiberResult::Return(value),
+            Finished::Panic(payload) => panic::resume_unwind(payload),
             // Only a ToFiber::Unwind ends in Unwound, and resume never sends one.
-            Some(Finished::Unwound) | None => unreachable!("fiber switched back without a message"),
+            Finished::Unwound => unreachable!("a resumed fiber reported an unwind"),
         }
     }
 
@@ -274,15 +295,16 @@ impl<I, Y, R> Fiber<I, Y, R> {
         &self.stack
     }
 
-    fn switch_in(&mut self, exchange: &mut Exchange<I, Y, R>) {
-        let previous = signal::enter(self.bounds);
+    /// Runs the fiber until it switches back; returns [`YIELDED`] or
+    /// [`FINISHED`].
+    #[inline]
+    fn switch_in(&mut self, exchange: &mut Exchange<I, Y, R>) -> usize {
         // SAFETY: the slot holds the fiber's saved stack pointer: it was laid
         // out by weft_fiber_init, or saved by the fiber's last suspend (state
         // is Unstarted or Suspended, checked by our callers). The exchange
         // outlives the switch: we are blocked in it until the fiber switches
         // back.
-        unsafe { arch::weft_fiber_switch(self.slot, exchange as *mut _ as usize) };
-        signal::leave(previous);
+        unsafe { arch::resume(self.slot, exchange as *mut _ as usize) }
     }
 }
 
@@ -308,19 +330,16 @@ impl<I, Y, R> Fiber<I, Y, R> {
     /// again is asked again.
     fn unwind(&mut self) {
         loop {
-            let mut exchange = Exchange {
-                head: ExchangeHead {
-                    to_fiber: Some(ToFiber::Unwind),
-                    yielded: None,
-                },
-                finished: None,
-            };
-            self.switch_in(&mut exchange);
-            if exchange.head.yielded.is_some() {
+            let mut exchange = Exchange::new(ToFiber::Unwind);
+            if self.switch_in(&mut exchange) == YIELDED {
+                // SAFETY: the fiber wrote `yielded` and said so.
+                drop(unsafe { exchange.head.yielded.assume_init_read() });
                 continue;
             }
             self.state = State::Finished;
-            if let Some(Finished::Panic(payload)) = exchange.finished.take()
+            // SAFETY: the fiber wrote `finished` and said so.
+            let finished = unsafe { exchange.finished.assume_init_read() };
+            if let Finished::Panic(payload) = finished
                 && !std::thread::panicking()
             {
                 panic::resume_unwind(payload);
@@ -355,21 +374,22 @@ impl<I, Y> Suspender<I, Y> {
     ///
     /// If the fiber is dropped instead of resumed, this unwinds (with a
     /// private payload) so the destructors on the fiber's stack run.
+    #[inline]
     pub fn suspend(&self, value: Y) -> I {
         // SAFETY: `exchange` points at the resumer's Exchange for the resume
         // call in progress; the resumer is blocked in that call until we
         // switch back, and repr(C) puts the head at offset 0. The slot holds
         // the resumer's stack pointer while we run.
         let next = unsafe {
-            (*self.exchange.get()).yielded = Some(value);
-            arch::weft_fiber_switch(self.slot, 0) as *mut ExchangeHead<I, Y>
+            (*self.exchange.get()).yielded.write(value);
+            arch::suspend(self.slot, YIELDED) as *mut ExchangeHead<I, Y>
         };
         self.exchange.set(next);
-        // SAFETY: the next resume (or drop) passed its own live Exchange.
-        match unsafe { (*next).to_fiber.take() } {
-            Some(ToFiber::Resume(input)) => input,
-            Some(ToFiber::Unwind) => panic::resume_unwind(Box::new(ForcedUnwind)),
-            None => unreachable!("fiber resumed without a message"),
+        // SAFETY: the next resume (or drop) passed its own live Exchange
+        // with `to_fiber` written, which we read exactly once.
+        match unsafe { (*next).to_fiber.assume_init_read() } {
+            ToFiber::Resume(input) => input,
+            ToFiber::Unwind => panic::resume_unwind(Box::new(ForcedUnwind)),
         }
     }
 }
@@ -393,14 +413,19 @@ where
     let exchange = exchange as *mut Exchange<I, Y, R>;
     // SAFETY: per the function contract; from here on the body is ours
     // (Fiber no longer drops it: its state is no longer Unstarted).
-    let (body, first) = unsafe { (ptr::read(body as *mut F), (*exchange).head.to_fiber.take()) };
+    let (body, first) = unsafe {
+        (
+            ptr::read(body as *mut F),
+            (*exchange).head.to_fiber.assume_init_read(),
+        )
+    };
     let suspender = Suspender {
         slot,
         exchange: Cell::new(exchange.cast::<ExchangeHead<I, Y>>()),
         _types: PhantomData,
     };
     let finished = match first {
-        Some(ToFiber::Resume(input)) => {
+        ToFiber::Resume(input) => {
             match panic::catch_unwind(AssertUnwindSafe(|| body(&suspender, input))) {
                 Ok(value) => Finished::Return(value),
                 Err(payload) if payload.is::<ForcedUnwind>() => Finished::Unwound,
@@ -408,7 +433,7 @@ where
             }
         }
         // A fiber is only unwound once suspended, never before it starts.
-        Some(ToFiber::Unwind) | None => std::process::abort(),
+        ToFiber::Unwind => std::process::abort(),
     };
     let exchange = suspender.exchange.get().cast::<Exchange<I, Y, R>>();
     // SAFETY: the exchange of the resume call in progress is live (see
@@ -416,10 +441,16 @@ where
     // stack needs dropping (body and input were consumed, suspender has no
     // destructor) and the resumer never switches here again.
     unsafe {
-        (*exchange).finished = Some(finished);
-        arch::weft_fiber_switch(slot, 0);
+        (*exchange).finished.write(finished);
+        arch::suspend(slot, FINISHED);
     }
     std::process::abort()
+}
+
+#[cold]
+#[inline(never)]
+fn resumed_after_finish() -> ! {
+    panic!("weft-fiber: resumed a fiber that has finished")
 }
 
 /// # Safety

@@ -13,47 +13,59 @@
 //! or the default action), so those keep working in the same process
 //! whichever was installed first.
 //!
-//! Which fiber runs on a thread is a thread-local updated on every resume
-//! and suspend; it is a plain `Cell` read with no lazy initialisation, so the
-//! handler may read it.
+//! Fiber stacks are recognised through a registry of mapped stacks, kept
+//! off the switch path: a switch costs no bookkeeping at all.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Mutex, OnceLock, TryLockError};
 
-/// The guard page and usable range of the fiber running on this thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ActiveStack {
-    pub guard_start: usize,
-    pub bottom: usize,
-    pub top: usize,
+/// Every mapped fiber stack: guard page start -> (usable bottom, top).
+/// Written when a stack is mapped or unmapped (recycling a pooled stack does
+/// neither), read by the fault handler with `try_lock`, which never blocks:
+/// if the faulting thread itself holds the lock, the fault is forwarded
+/// undiagnosed rather than deadlocking.
+static STACKS: Mutex<BTreeMap<usize, (usize, usize)>> = Mutex::new(BTreeMap::new());
+
+pub(crate) fn register_stack(guard: Range<usize>, usable: Range<usize>) {
+    debug_assert_eq!(guard.end, usable.start);
+    lock_stacks().insert(guard.start, (usable.start, usable.end));
 }
 
-impl ActiveStack {
-    pub const NONE: ActiveStack = ActiveStack {
-        guard_start: 0,
-        bottom: 0,
-        top: 0,
+pub(crate) fn unregister_stack(guard_start: usize) {
+    lock_stacks().remove(&guard_start);
+}
+
+fn lock_stacks() -> std::sync::MutexGuard<'static, BTreeMap<usize, (usize, usize)>> {
+    // The map stays consistent even if a holder panicked.
+    STACKS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The usable range of the fiber stack whose guard page contains `address`.
+fn stack_guarded_at(address: usize) -> Option<Range<usize>> {
+    let stacks = match STACKS.try_lock() {
+        Ok(stacks) => stacks,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
     };
+    let (&guard_start, &(bottom, top)) = stacks.range(..=address).next_back()?;
+    (guard_start..bottom).contains(&address).then_some(bottom..top)
 }
 
 thread_local! {
-    static ACTIVE: Cell<ActiveStack> = const { Cell::new(ActiveStack::NONE) };
-    static ALTSTACK_CHECKED: Cell<bool> = const { Cell::new(false) };
+    static THREAD_CHECKED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Records that `stack` now runs on this thread; returns what ran before,
-/// to be restored with [`leave`] when control comes back.
+/// Makes sure the calling thread can run the fault handler when a fiber
+/// stack is exhausted (it needs an alternate signal stack). Called when a
+/// fiber is created, not on every switch.
 #[inline]
-pub(crate) fn enter(stack: ActiveStack) -> ActiveStack {
-    if !ALTSTACK_CHECKED.get() {
+pub(crate) fn prepare_thread() {
+    if !THREAD_CHECKED.get() {
+        THREAD_CHECKED.set(true);
         ensure_altstack();
     }
-    ACTIVE.replace(stack)
-}
-
-#[inline]
-pub(crate) fn leave(previous: ActiveStack) {
-    ACTIVE.set(previous);
 }
 
 /// The handlers that were installed before ours, for SIGSEGV and SIGBUS.
@@ -88,9 +100,8 @@ pub(crate) fn install_overflow_handler() {
 extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let address = unsafe { (*info).si_addr() } as usize;
-    let active = ACTIVE.get();
-    if active.top != 0 && (active.guard_start..active.bottom).contains(&address) {
-        report_overflow(address, active);
+    if let Some(stack) = stack_guarded_at(address) {
+        report_overflow(address, stack);
     }
     let Some(previous) = PREVIOUS.get() else {
         return;
@@ -114,16 +125,16 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context:
     }
 }
 
-fn report_overflow(address: usize, active: ActiveStack) -> ! {
+fn report_overflow(address: usize, stack: Range<usize>) -> ! {
     let mut message = Message::default();
     message.push(b"fiber stack overflow: fault at ");
     message.push_hex(address);
     message.push(b" in the guard page of the fiber stack ");
-    message.push_hex(active.bottom);
+    message.push_hex(stack.start);
     message.push(b"-");
-    message.push_hex(active.top);
+    message.push_hex(stack.end);
     message.push(b" (");
-    message.push_decimal((active.top - active.bottom) / 1024);
+    message.push_decimal((stack.end - stack.start) / 1024);
     message.push(b" KiB); aborting\n");
     // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is ours.
     unsafe {
@@ -184,8 +195,8 @@ impl Message {
 /// run when the fiber's own stack is exhausted. Rust's std gives one to every
 /// thread it starts; threads started otherwise get ours, freed at thread exit.
 #[cold]
+#[inline(never)]
 fn ensure_altstack() {
-    ALTSTACK_CHECKED.set(true);
     // SAFETY: stack_t is plain data (zero is a valid value); querying the
     // current alternate stack only writes `current`.
     let current = unsafe {
@@ -197,7 +208,7 @@ fn ensure_altstack() {
         return;
     }
     OWN_ALTSTACK.with(|own| {
-        if let Ok(stack) = crate::stack::Stack::new(ALTSTACK_SIZE) {
+        if let Ok(stack) = crate::stack::Stack::map(ALTSTACK_SIZE) {
             let range = stack.range();
             let wanted = libc::stack_t {
                 ss_sp: range.start as *mut libc::c_void,

@@ -1,9 +1,14 @@
 //! Fiber stacks: mmap'd, lazily committed, with a `PROT_NONE` guard page
 //! below, and a pool that recycles them.
 
+use std::cell::Cell;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_queue::ArrayQueue;
 
 use crate::signal;
 
@@ -36,6 +41,14 @@ impl Stack {
     /// pages and to [`Stack::MIN_SIZE`]) above a guard page.
     pub fn new(size: usize) -> io::Result<Stack> {
         signal::install_overflow_handler();
+        let stack = Self::map(size)?;
+        signal::register_stack(stack.guard(), stack.range());
+        Ok(stack)
+    }
+
+    /// Maps a guarded stack that the overflow handler does not know about
+    /// (the handler's own alternate signal stack).
+    pub(crate) fn map(size: usize) -> io::Result<Stack> {
         let page = page_size();
         let usable = size
             .max(Self::MIN_SIZE)
@@ -95,15 +108,47 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.give_back(RawStack {
-                base: self.base,
-                len: self.len,
-            });
-        } else {
+        let Some(pool) = self.pool.take() else {
             unmap(self.base, self.len);
+            return;
+        };
+        pool.count_return();
+        // The mapping moves into `recycled`; `self` keeps nothing to free.
+        let mut recycled = Some(Stack {
+            base: self.base,
+            len: self.len,
+            pool: Some(pool),
+        });
+        // Keep it as this thread's spare when the slot is free (no atomics),
+        // else hand it to its pool's shared cache. During thread exit the
+        // slot is gone and try_with fails: the shared cache takes it. (The
+        // stack stays outside the closure so that a closure that never runs
+        // cannot drop it.)
+        let _ = SPARE.try_with(|spare| {
+            let current = spare.take();
+            if current.is_none() {
+                spare.set(recycled.take());
+            } else {
+                spare.set(current);
+            }
+        });
+        if let Some(mut stack) = recycled {
+            let pool = stack.pool.take().expect("recycled stacks keep their pool");
+            pool.give_back(RawStack {
+                base: stack.base,
+                len: stack.len,
+            });
+            // The mapping went to the cache: `stack` must not unmap it.
+            std::mem::forget(stack);
         }
     }
+}
+
+thread_local! {
+    /// The last pooled stack freed on this thread, with its pool: the next
+    /// `take` from that pool on this thread reuses it without touching the
+    /// shared cache. At most one stack per thread waits here.
+    static SPARE: Cell<Option<Stack>> = const { Cell::new(None) };
 }
 
 impl std::fmt::Debug for Stack {
@@ -118,6 +163,7 @@ impl std::fmt::Debug for Stack {
 }
 
 fn unmap(base: *mut u8, len: usize) {
+    signal::unregister_stack(base as usize);
     // SAFETY: (base, len) is a whole mapping made by Stack::new that no live
     // Stack or fiber refers to any more (its owner is being dropped).
     let rc = unsafe { libc::munmap(base.cast(), len) };
@@ -146,6 +192,8 @@ struct RawStack {
 
 // SAFETY: see `impl Send for Stack`; a RawStack is a Stack at rest in a pool.
 unsafe impl Send for RawStack {}
+// SAFETY: as for Stack: `&RawStack` gives no access to the memory.
+unsafe impl Sync for RawStack {}
 
 /// How a [`StackPool`] sizes its stacks and its cache.
 #[derive(Clone, Copy, Debug)]
@@ -166,51 +214,52 @@ impl Default for PoolConfig {
 }
 
 /// Recycles stacks of one size so that creating a fiber costs no system
-/// call. Cheap to clone; clones share the cache.
+/// call and no lock. Cheap to clone; clones share the cache.
 ///
-/// The cache is bounded by [`PoolConfig::max_cached`] and trims itself: every
-/// [`TRIM_WINDOW`] takes and returns, half of the stacks that stayed idle
-/// during the whole window are unmapped, so a burst leaves no lasting cost.
-/// A recycled stack keeps the pages its last fiber touched (no `madvise` on
-/// the hot path); trimming is what gives memory back.
+/// Each thread keeps the last pooled stack it freed as a spare that its next
+/// `take` reuses without any atomic operation (fibers that start and finish
+/// on one thread cycle through it). Behind the spares, the cache is a
+/// lock-free bounded queue of [`PoolConfig::max_cached`]
+/// stacks; a stack returned to a full cache is unmapped. The cache also
+/// trims itself: every [`TRIM_WINDOW`] returns, half of the stacks that sat
+/// unused through the whole window are unmapped, so a burst leaves no
+/// lasting cost. A recycled stack keeps the pages its last fiber touched
+/// (no `madvise` on the hot path); trimming is what gives memory back.
 #[derive(Clone)]
 pub struct StackPool {
     shared: Arc<PoolShared>,
 }
 
-/// Takes and returns between two self-trims of a [`StackPool`].
-pub const TRIM_WINDOW: u32 = 4096;
+/// Stack returns between two self-trims of a [`StackPool`].
+pub const TRIM_WINDOW: usize = 4096;
 
 struct PoolShared {
     config: PoolConfig,
-    cache: Mutex<Cache>,
-}
-
-struct Cache {
-    stacks: Vec<RawStack>,
-    /// Fewest cached stacks seen since the window began: that many were
-    /// never needed during the window.
-    low_water: usize,
-    ops_in_window: u32,
+    cache: ArrayQueue<RawStack>,
+    /// Fewest cached stacks seen by `take` since the window began: that
+    /// many were never needed during the window. Updated with plain loads
+    /// and stores: under races the trim is approximate, never unsafe.
+    low_water: AtomicUsize,
+    returns_in_window: AtomicUsize,
 }
 
 impl StackPool {
+    /// A pool; `max_cached` is raised to at least 1.
     pub fn new(config: PoolConfig) -> StackPool {
         let stack_size = config
             .stack_size
             .max(Stack::MIN_SIZE)
             .next_multiple_of(page_size());
+        let max_cached = config.max_cached.max(1);
         StackPool {
             shared: Arc::new(PoolShared {
                 config: PoolConfig {
                     stack_size,
-                    ..config
+                    max_cached,
                 },
-                cache: Mutex::new(Cache {
-                    stacks: Vec::new(),
-                    low_water: 0,
-                    ops_in_window: 0,
-                }),
+                cache: ArrayQueue::new(max_cached),
+                low_water: AtomicUsize::new(0),
+                returns_in_window: AtomicUsize::new(0),
             }),
         }
     }
@@ -222,93 +271,114 @@ impl StackPool {
     /// A cached stack, or a freshly mapped one when the cache is empty.
     /// The stack returns to this pool when dropped.
     pub fn take(&self) -> io::Result<Stack> {
-        let cached = {
-            let mut cache = self.shared.lock();
-            let stack = cache.stacks.pop();
-            cache.low_water = cache.low_water.min(cache.stacks.len());
-            let surplus = cache.tick();
-            drop(cache);
-            release(surplus);
-            stack
-        };
-        let raw = match cached {
-            Some(raw) => raw,
+        let spare = SPARE
+            .try_with(|spare| match spare.take() {
+                Some(stack) if self.owns(&stack) => Some(stack),
+                other => {
+                    spare.set(other);
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        if let Some(stack) = spare {
+            return Ok(stack);
+        }
+        let shared = &self.shared;
+        let raw = match shared.cache.pop() {
+            Some(raw) => {
+                let left = shared.cache.len();
+                if left < shared.low_water.load(Ordering::Relaxed) {
+                    shared.low_water.store(left, Ordering::Relaxed);
+                }
+                raw
+            }
             None => {
-                let mut fresh = Stack::new(self.shared.config.stack_size)?;
-                let raw = RawStack {
+                shared.low_water.store(0, Ordering::Relaxed);
+                let fresh = ManuallyDrop::new(Stack::new(shared.config.stack_size)?);
+                RawStack {
                     base: fresh.base,
                     len: fresh.len,
-                };
-                // The mapping now belongs to `raw`; make `fresh` forget it.
-                fresh.len = 0;
-                std::mem::forget(fresh);
-                raw
+                }
             }
         };
         Ok(Stack {
             base: raw.base,
             len: raw.len,
-            pool: Some(self.shared.clone()),
+            pool: Some(shared.clone()),
         })
     }
 
-    /// Unmaps every cached stack.
+    /// Unmaps every cached stack (the calling thread's spare included).
     pub fn trim(&self) {
-        let stacks = std::mem::take(&mut self.shared.lock().stacks);
-        self.shared.lock().low_water = 0;
-        release(stacks);
+        let _ = SPARE.try_with(|spare| match spare.take() {
+            Some(stack) if self.owns(&stack) => {
+                let mut stack = stack;
+                let _pool = stack.pool.take();
+            }
+            other => spare.set(other),
+        });
+        while let Some(raw) = self.shared.cache.pop() {
+            unmap(raw.base, raw.len);
+        }
+        self.shared.low_water.store(0, Ordering::Relaxed);
     }
 
-    /// How many stacks are cached right now.
+    /// How many stacks are cached right now: in the shared cache, plus the
+    /// calling thread's spare if it belongs to this pool. (Other threads'
+    /// spares, at most one each, are not visible from here.)
     pub fn cached(&self) -> usize {
-        self.shared.lock().stacks.len()
+        let spare = SPARE
+            .try_with(|spare| {
+                let stack = spare.take();
+                let mine = stack.as_ref().is_some_and(|s| self.owns(s));
+                spare.set(stack);
+                usize::from(mine)
+            })
+            .unwrap_or(0);
+        self.shared.cache.len() + spare
+    }
+
+    fn owns(&self, stack: &Stack) -> bool {
+        stack
+            .pool
+            .as_ref()
+            .is_some_and(|pool| Arc::ptr_eq(pool, &self.shared))
     }
 }
 
 impl PoolShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        // A panic while holding the lock cannot leave the Vec inconsistent.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn give_back(&self, raw: RawStack) {
-        let mut cache = self.lock();
-        let mut surplus = cache.tick();
-        if cache.stacks.len() < self.config.max_cached {
-            cache.stacks.push(raw);
-        } else {
-            surplus.push(raw);
+        if let Err(raw) = self.cache.push(raw) {
+            unmap(raw.base, raw.len);
         }
-        drop(cache);
-        release(surplus);
     }
-}
 
-impl Cache {
-    /// Counts one pool operation; at the end of a window returns the stacks
-    /// to unmap (half of those idle for the whole window).
-    fn tick(&mut self) -> Vec<RawStack> {
-        self.ops_in_window += 1;
-        if self.ops_in_window < TRIM_WINDOW {
-            return Vec::new();
+    /// Counts one stack return (to a spare or to the cache); at the end of a
+    /// window, unmaps half of the cached stacks that stayed idle all along.
+    fn count_return(&self) {
+        let returns = self.returns_in_window.load(Ordering::Relaxed) + 1;
+        if returns < TRIM_WINDOW {
+            self.returns_in_window.store(returns, Ordering::Relaxed);
+            return;
         }
-        self.ops_in_window = 0;
-        let idle = self.low_water.min(self.stacks.len());
-        let surplus = self.stacks.split_off(self.stacks.len() - idle / 2);
-        self.low_water = self.stacks.len();
-        surplus
-    }
-}
-
-fn release(stacks: Vec<RawStack>) {
-    for raw in stacks {
-        unmap(raw.base, raw.len);
+        self.returns_in_window.store(0, Ordering::Relaxed);
+        let idle = self.low_water.load(Ordering::Relaxed).min(self.cache.len());
+        for _ in 0..idle / 2 {
+            match self.cache.pop() {
+                Some(raw) => unmap(raw.base, raw.len),
+                None => break,
+            }
+        }
+        self.low_water.store(self.cache.len(), Ordering::Relaxed);
     }
 }
 
 impl Drop for PoolShared {
     fn drop(&mut self) {
-        release(std::mem::take(&mut self.lock().stacks));
+        while let Some(raw) = self.cache.pop() {
+            unmap(raw.base, raw.len);
+        }
     }
 }
 
@@ -357,9 +427,46 @@ mod tests {
         let c = pool.take().unwrap();
         let d = pool.take().unwrap();
         drop((b, c, d));
-        assert_eq!(pool.cached(), 2, "beyond max_cached stacks are unmapped");
+        assert_eq!(
+            pool.cached(),
+            3,
+            "this thread's spare plus max_cached; the fourth stack was unmapped"
+        );
         pool.trim();
         assert_eq!(pool.cached(), 0);
+    }
+
+    /// Regression: a thread exiting with a spare stack used to recurse in
+    /// Stack::drop until it overflowed, and a stack refused by a full spare
+    /// slot was both cached and unmapped.
+    #[test]
+    fn stacks_freed_by_exiting_threads_return_to_the_pool_intact() {
+        let pool = StackPool::new(PoolConfig {
+            stack_size: 16 * 1024,
+            max_cached: 8,
+        });
+        let worker_pool = pool.clone();
+        std::thread::spawn(move || {
+            let spare = worker_pool.take().unwrap();
+            let refused = worker_pool.take().unwrap();
+            drop(spare); // becomes this thread's spare
+            drop(refused); // slot taken: goes to the shared cache
+            // Thread exit drops the spare: it must reach the shared cache too.
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pool.cached(), 2);
+        for _ in 0..2 {
+            let stack = pool.take().unwrap();
+            let range = stack.range();
+            // SAFETY: the stack is ours and mapped read-write; touching its
+            // lowest and highest usable bytes proves the mapping is alive.
+            unsafe {
+                std::ptr::write_volatile(range.start as *mut u8, 1);
+                std::ptr::write_volatile((range.end - 1) as *mut u8, 1);
+            }
+            std::mem::forget(stack);
+        }
     }
 
     #[test]
@@ -372,7 +479,7 @@ mod tests {
         drop(burst);
         assert_eq!(pool.cached(), 64);
         // Steady use of one stack at a time: 63 cached stacks stay idle.
-        for _ in 0..(4 * TRIM_WINDOW) {
+        for _ in 0..(8 * TRIM_WINDOW) {
             drop(pool.take().unwrap());
         }
         assert!(
