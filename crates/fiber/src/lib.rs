@@ -459,3 +459,8 @@ unsafe fn drop_erased<F>(body: *mut u8) {
     // SAFETY: per the function contract.
     unsafe { ptr::drop_in_place(body as *mut F) }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
