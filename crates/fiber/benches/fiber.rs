@@ -91,10 +91,10 @@ fn create_pooled() {
     });
     let weft_ns = measure(N, |n| {
         for i in 0..n {
-            let mut fiber =
-                Fiber::with_stack(pool.take().unwrap(), move |_: &Suspender<u64, ()>, x: u64| {
-                    x + i
-                });
+            let mut fiber = Fiber::with_stack(
+                pool.take().unwrap(),
+                move |_: &Suspender<u64, ()>, x: u64| x + i,
+            );
             assert!(matches!(black_box(fiber.resume(1)), FiberResult::Return(_)));
         }
     });
@@ -105,7 +105,10 @@ fn create_pooled() {
                 stack.take().unwrap(),
                 move |_: &corosensei::Yielder<u64, ()>, x: u64| x + i,
             );
-            assert!(matches!(black_box(coro.resume(1)), CoroutineResult::Return(_)));
+            assert!(matches!(
+                black_box(coro.resume(1)),
+                CoroutineResult::Return(_)
+            ));
             stack = Some(coro.into_stack());
         }
     });
@@ -117,8 +120,7 @@ fn create_fresh() {
     let weft_ns = measure(N, |n| {
         for i in 0..n {
             let stack = Stack::new(256 * 1024).unwrap();
-            let mut fiber =
-                Fiber::with_stack(stack, move |_: &Suspender<u64, ()>, x: u64| x + i);
+            let mut fiber = Fiber::with_stack(stack, move |_: &Suspender<u64, ()>, x: u64| x + i);
             assert!(matches!(black_box(fiber.resume(1)), FiberResult::Return(_)));
         }
     });
@@ -126,10 +128,11 @@ fn create_fresh() {
         for i in 0..n {
             let stack = DefaultStack::new(256 * 1024).unwrap();
             let mut coro =
-                Coroutine::with_stack(stack, move |_: &corosensei::Yielder<u64, ()>, x: u64| {
-                    x + i
-                });
-            assert!(matches!(black_box(coro.resume(1)), CoroutineResult::Return(_)));
+                Coroutine::with_stack(stack, move |_: &corosensei::Yielder<u64, ()>, x: u64| x + i);
+            assert!(matches!(
+                black_box(coro.resume(1)),
+                CoroutineResult::Return(_)
+            ));
         }
     });
     line("create_fresh_ns", weft_ns, coro_ns);
@@ -143,28 +146,35 @@ fn resident_kib() -> f64 {
     pages * page / 1024.0
 }
 
+const MAP_COUNT_KNOB: &str = "/proc/sys/vm/max_map_count";
+
 /// Each stack is two mappings (guard + usable); 100,000 stacks need more
-/// than Linux's default 65,530 per process. Raise the limit when allowed.
-fn make_room_for_mappings(needed: usize) -> Result<(), String> {
-    const KNOB: &str = "/proc/sys/vm/max_map_count";
-    let current: usize = std::fs::read_to_string(KNOB)
+/// than Linux's default 65,530 per process. Raises the limit when allowed;
+/// returns the value to restore afterwards.
+fn make_room_for_mappings(needed: usize) -> Result<Option<usize>, String> {
+    let current: usize = std::fs::read_to_string(MAP_COUNT_KNOB)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(usize::MAX);
     if current >= needed {
-        return Ok(());
+        return Ok(None);
     }
-    std::fs::write(KNOB, needed.to_string()).map_err(|e| {
-        format!("vm.max_map_count is {current}, {needed} needed ({e}); run as root or `sysctl -w vm.max_map_count={needed}`")
-    })
+    std::fs::write(MAP_COUNT_KNOB, needed.to_string())
+        .map(|()| Some(current))
+        .map_err(|e| {
+            format!("vm.max_map_count is {current}, {needed} needed ({e}); run as root or `sysctl -w vm.max_map_count={needed}`")
+        })
 }
 
 fn rss_per_suspended() {
     const FIBERS: usize = 100_000;
-    if let Err(why) = make_room_for_mappings(2 * FIBERS + 65_536) {
-        println!("bench fiber.rss_per_suspended_kib skipped: {why}");
-        return;
-    }
+    let restore = match make_room_for_mappings(2 * FIBERS + 65_536) {
+        Ok(restore) => restore,
+        Err(why) => {
+            println!("bench fiber.rss_per_suspended_kib skipped: {why}");
+            return;
+        }
+    };
     let before = resident_kib();
     let mut fibers = Vec::with_capacity(FIBERS);
     for i in 0..FIBERS {
@@ -183,6 +193,9 @@ fn rss_per_suspended() {
         (after - before) / FIBERS as f64
     );
     drop(fibers);
+    if let Some(previous) = restore {
+        let _ = std::fs::write(MAP_COUNT_KNOB, previous.to_string());
+    }
 }
 
 fn main() {

@@ -93,8 +93,14 @@ fn main() {
             })
         })
         .collect();
-    let yielded: u64 = crowd.iter_mut().map(|f| f.resume(1).into_yield().unwrap()).sum();
-    let returned: u64 = crowd.iter_mut().map(|f| f.resume(1).into_return().unwrap()).sum();
+    let yielded: u64 = crowd
+        .iter_mut()
+        .map(|f| f.resume(1).into_yield().unwrap())
+        .sum();
+    let returned: u64 = crowd
+        .iter_mut()
+        .map(|f| f.resume(1).into_return().unwrap())
+        .sum();
     drop(crowd);
     println!(
         "crowd:      10000 fibers suspended at once (sum of yields {yielded}, of returns {returned}); \

@@ -364,8 +364,9 @@ pub struct Suspender<Input = (), Yield = ()> {
     slot: *mut *mut u8,
     /// The resumer's exchange for the `resume` call in progress.
     exchange: Cell<*mut ExchangeHead<Input, Yield>>,
+    _types: PhantomData<fn(Yield) -> Input>,
     /// Not Send or Sync: it is only meaningful on its own fiber.
-    _types: PhantomData<(fn(Yield) -> Input, *const ())>,
+    _on_its_fiber_only: PhantomData<*const ()>,
 }
 
 impl<I, Y> Suspender<I, Y> {
@@ -423,6 +424,7 @@ where
         slot,
         exchange: Cell::new(exchange.cast::<ExchangeHead<I, Y>>()),
         _types: PhantomData,
+        _on_its_fiber_only: PhantomData,
     };
     let finished = match first {
         ToFiber::Resume(input) => {

@@ -50,7 +50,9 @@ fn stack_guarded_at(address: usize) -> Option<Range<usize>> {
         Err(TryLockError::WouldBlock) => return None,
     };
     let (&guard_start, &(bottom, top)) = stacks.range(..=address).next_back()?;
-    (guard_start..bottom).contains(&address).then_some(bottom..top)
+    (guard_start..bottom)
+        .contains(&address)
+        .then_some(bottom..top)
 }
 
 thread_local! {
@@ -97,7 +99,11 @@ pub(crate) fn install_overflow_handler() {
     });
 }
 
-extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+extern "C" fn on_fault(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let address = unsafe { (*info).si_addr() } as usize;
     if let Some(stack) = stack_guarded_at(address) {

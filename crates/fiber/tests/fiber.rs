@@ -86,7 +86,11 @@ fn dropping_a_suspended_fiber_runs_its_destructors() {
     drop(fiber);
     // _inner and _outer, innermost first.
     assert_eq!(drops.load(Ordering::SeqCst), 2);
-    assert_eq!(Arc::strong_count(&drops), 1, "the body's captures were dropped");
+    assert_eq!(
+        Arc::strong_count(&drops),
+        1,
+        "the body's captures were dropped"
+    );
 }
 
 #[test]
@@ -137,12 +141,14 @@ fn fibers_nest() {
 
 #[test]
 fn a_send_fiber_resumes_on_other_threads() {
-    let mut fiber = Fiber::new(|s: &Suspender<u64, std::thread::ThreadId>, mut total: u64| {
-        for _ in 0..3 {
-            total += s.suspend(std::thread::current().id());
-        }
-        total
-    });
+    let mut fiber = Fiber::new(
+        |s: &Suspender<u64, std::thread::ThreadId>, mut total: u64| {
+            for _ in 0..3 {
+                total += s.suspend(std::thread::current().id());
+            }
+            total
+        },
+    );
     let mut threads = Vec::new();
     for round in 0..3u64 {
         let (fiber_back, thread) = std::thread::spawn(move || {
