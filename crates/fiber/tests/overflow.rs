@@ -2,33 +2,12 @@
 //! diagnosis aborts). Faults elsewhere still reach the handlers that were
 //! installed before weft-fiber's.
 
-use std::process::Command;
+mod support;
 
+use support::{recurse, run_child};
 use weft_fiber::{Fiber, Stack, Suspender};
 
 const CHILD_ENV: &str = "WEFT_FIBER_OVERFLOW_CHILD";
-
-#[inline(never)]
-fn recurse(depth: u64) -> u64 {
-    let frame = std::hint::black_box([depth; 64]);
-    if depth == u64::MAX {
-        return 0;
-    }
-    frame[depth as usize % 64] + recurse(depth + 1) + std::hint::black_box(1)
-}
-
-fn run_child(mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, mode)
-        .output()
-        .unwrap()
-}
 
 /// Does nothing in a normal run; in a child started by the tests below it
 /// performs the faulting action named by the environment variable.
@@ -61,40 +40,34 @@ fn child_process_entry() {
     }
 }
 
-#[cfg(unix)]
-fn signal_of(status: std::process::ExitStatus) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    status.signal()
-}
-
 #[test]
 fn fiber_stack_overflow_is_diagnosed() {
-    let out = run_child("fiber-overflow");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_child(CHILD_ENV, "fiber-overflow");
+    let stderr = &out.stderr;
     assert!(stderr.contains("fiber stack overflow"), "stderr: {stderr}");
     assert!(
         stderr.contains("(64 KiB)"),
         "the stack range is named: {stderr}"
     );
-    assert_eq!(signal_of(out.status), Some(libc::SIGABRT), "{stderr}");
+    assert_eq!(out.signal, Some(libc::SIGABRT), "{stderr}");
 }
 
 #[test]
 fn thread_stack_overflow_still_reaches_rusts_handler() {
-    let out = run_child("thread-overflow");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_child(CHILD_ENV, "thread-overflow");
+    let stderr = &out.stderr;
     assert!(!stderr.contains("fiber stack overflow"), "stderr: {stderr}");
     assert!(
         stderr.contains("has overflowed its stack"),
         "stderr: {stderr}"
     );
-    assert_eq!(signal_of(out.status), Some(libc::SIGABRT), "{stderr}");
+    assert_eq!(out.signal, Some(libc::SIGABRT), "{stderr}");
 }
 
 #[test]
 fn other_faults_get_the_previous_disposition() {
-    let out = run_child("null-deref");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_child(CHILD_ENV, "null-deref");
+    let stderr = &out.stderr;
     assert!(!stderr.contains("fiber stack overflow"), "stderr: {stderr}");
-    assert_eq!(signal_of(out.status), Some(libc::SIGSEGV), "{stderr}");
+    assert_eq!(out.signal, Some(libc::SIGSEGV), "{stderr}");
 }
