@@ -1,11 +1,15 @@
 //! `cargo xtask bench <name>`: side-by-side benchmarks that print
 //! `bench <name>.<metric> weft=... <peer>=... ratio=...` lines.
 
-use crate::util::{Result, cargo, run};
+use crate::util::{self, Result, cargo};
 
 /// Benchmark name -> (package, bench target). Each bench target is a
 /// `harness = false` binary that measures weft and its peer in one process.
-const BENCHES: &[(&str, &str, &str)] = &[("fiber", "weft-fiber", "fiber")];
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("fiber", "weft-fiber", "fiber"),
+    ("sched", "weft-sched", "sched"),
+    ("wasix", "weft-wasix-context", "wasix"),
+];
 
 pub fn run(args: &[String]) -> Result {
     let names: Vec<&str> = BENCHES.iter().map(|(name, _, _)| *name).collect();
@@ -18,5 +22,9 @@ pub fn run(args: &[String]) -> Result {
             names.join(", ")
         ));
     };
-    run(cargo().args(["bench", "--package", package, "--bench", target, "--"]).args(&args[1..]))
+    util::run(
+        cargo()
+            .args(["bench", "--package", package, "--bench", target, "--"])
+            .args(&args[1..]),
+    )
 }

@@ -5,7 +5,10 @@ use crate::util::{Result, cargo};
 
 /// The demo guests of `guests/demos/`, run through `weft run` in this order.
 const DEMO_GUESTS: &[(&str, &str)] = &[
-    ("ping_pong", "main and one context hit a ball back and forth"),
+    (
+        "ping_pong",
+        "main and one context hit a ball back and forth",
+    ),
     (
         "generator",
         "generators, one yielding from deep inside a tree walk",

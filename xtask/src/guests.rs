@@ -34,7 +34,8 @@ pub fn build_all() -> Result {
     }
     let toolchain = toolchain::find_or_install()?;
     let out_dir = output_dir();
-    fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
 
     let mut fingerprint = toolchain.fingerprint();
     fingerprint.push('\n');
@@ -49,7 +50,7 @@ pub fn build_all() -> Result {
 
     let mut stale = Vec::new();
     for source in &sources {
-        let output = out_dir.join(stem(source)).with_extension("wasm");
+        let output = out_dir.join(wasm_name(source));
         let up_to_date = match fs::metadata(&output).and_then(|m| m.modified()) {
             Ok(built) => built >= newest_input.max(mtime(source)?),
             Err(_) => false,
@@ -79,16 +80,21 @@ pub fn build_all() -> Result {
 /// `cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]`: compiles with the standard
 /// toolchain and flags. Without `-o`, the output is `<stem of the first C file>.wasm`.
 pub fn cc(args: &[String]) -> Result {
-    if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
-        return Err(format!(
-            "usage: cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]\n\
-             standard flags: {}",
-            toolchain::standard_flags()
-                .iter()
-                .map(|f| f.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
+    let usage = format!(
+        "usage: cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]\n\
+         standard flags: {}",
+        toolchain::standard_flags()
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        return Ok(());
+    }
+    if args.is_empty() {
+        return Err(usage);
     }
     let has_output = args
         .iter()
@@ -100,7 +106,7 @@ pub fn cc(args: &[String]) -> Result {
             .find(|a| a.ends_with(".c"))
             .ok_or("cc: no .c file given")?;
         extra.push("-o".into());
-        extra.push(stem(Path::new(first_c)).with_extension("wasm").into());
+        extra.push(wasm_name(Path::new(first_c)).into());
     }
     let toolchain = toolchain::find_or_install()?;
     let mut cmd = toolchain.command();
@@ -146,18 +152,17 @@ fn compile_in_parallel(toolchain: &Toolchain, jobs: &[(PathBuf, PathBuf)]) -> Re
     }
 }
 
-/// Compiles through a temporary file, so an interrupted build never leaves a fresh-looking
-/// broken output behind.
+/// Compiles into a scratch folder, then moves the result into place, so an interrupted build
+/// never leaves a fresh-looking broken output behind. The scratch file has the output's name,
+/// since the linker records it as the module's name (shown in wasm backtraces).
 fn compile_one(toolchain: &Toolchain, source: &Path, output: &Path) -> Result {
-    let temporary = output.with_extension("wasm.tmp");
+    let scratch = output.with_file_name(".partial");
+    fs::create_dir_all(&scratch)
+        .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+    let temporary = scratch.join(output.file_name().unwrap_or_default());
     let text =
         fs::read_to_string(source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
-    let omitted: Vec<String> = text
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("// xtask-omit-flag:"))
-        .map(|flag| flag.trim().to_string())
-        .collect();
-    let mut cmd = toolchain.command_omitting(&omitted);
+    let mut cmd = toolchain.command_omitting(&omitted_flags(&text));
     cmd.args(PROJECT_WARNING_FLAGS)
         .arg(source)
         .arg("-o")
@@ -177,6 +182,15 @@ fn compile_one(toolchain: &Toolchain, source: &Path, output: &Path) -> Result {
         eprint!("{diagnostics}");
     }
     Ok(())
+}
+
+/// The standard flags a guest's source asks to leave out (`// xtask-omit-flag: FLAG` lines).
+fn omitted_flags(source_text: &str) -> Vec<String> {
+    source_text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("// xtask-omit-flag:"))
+        .map(|flag| flag.trim().to_string())
+        .collect()
 }
 
 /// Runs a compiler, returning its diagnostics; failure carries the command and its output.
@@ -238,6 +252,13 @@ fn find_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// `dir/name.c` -> `name.wasm`.
+fn wasm_name(source: &Path) -> PathBuf {
+    let mut name = source.file_stem().unwrap_or_default().to_os_string();
+    name.push(".wasm");
+    PathBuf::from(name)
+}
+
 fn stem(path: &Path) -> PathBuf {
     PathBuf::from(path.file_stem().unwrap_or_default())
 }
@@ -254,4 +275,53 @@ fn newest_mtime(paths: &[PathBuf]) -> Result<SystemTime> {
         .try_fold(SystemTime::UNIX_EPOCH, |newest, path| {
             Ok(newest.max(mtime(path)?))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-guests-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn omit_flag_lines_are_collected() {
+        let text = "/* x */\n// xtask-omit-flag: -Wl,--export-table\nint x;\n  // xtask-omit-flag:  -O2 \n";
+        assert_eq!(omitted_flags(text), ["-Wl,--export-table", "-O2"]);
+        assert!(omitted_flags("// xtask-omit-flag is not a directive\n").is_empty());
+    }
+
+    #[test]
+    fn sources_are_found_recursively_and_headers_are_not_programs() {
+        let dir = scratch("find");
+        fs::create_dir_all(dir.join("a/b")).unwrap();
+        for file in ["one.c", "a/two.c", "a/b/three.c", "a/helper.h", "notes.txt"] {
+            fs::write(dir.join(file), "").unwrap();
+        }
+        let stems: Vec<PathBuf> = find_sources(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| stem(p))
+            .collect();
+        assert_eq!(stems.len(), 3);
+        for name in ["one", "two", "three"] {
+            assert!(stems.contains(&PathBuf::from(name)), "{name} in {stems:?}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_sources_with_one_stem_are_refused() {
+        let dir = scratch("duplicate");
+        fs::create_dir_all(dir.join("bench")).unwrap();
+        fs::write(dir.join("ring.c"), "").unwrap();
+        fs::write(dir.join("bench/ring.c"), "").unwrap();
+        let error = find_sources(&dir).unwrap_err();
+        assert!(error.contains("ring.wasm"), "{error}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

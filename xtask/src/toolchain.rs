@@ -160,10 +160,16 @@ fn install_zig() -> Result<Toolchain> {
         dir.display()
     );
     let mut pip = Command::new("python3");
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .arg("--target")
-        .arg(&dir)
-        .arg("ziglang");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .arg("--target")
+    .arg(&dir)
+    .arg("ziglang");
     crate::util::run(&mut pip)?;
     zig().ok_or_else(|| {
         format!(

@@ -95,7 +95,10 @@ pub fn ensure_packages(what: &str, needed: &[(&str, &str)]) -> Result {
             "{what} needs packages that are not installed. Run:\n    sudo apt-get update && sudo {install}"
         ));
     }
-    eprintln!("xtask: installing {what} prerequisites: {}", missing.join(" "));
+    eprintln!(
+        "xtask: installing {what} prerequisites: {}",
+        missing.join(" ")
+    );
     if !APT_UPDATED.swap(true, Ordering::SeqCst) {
         run(Command::new("apt-get").args(["update", "-q"]))?;
     }

@@ -1,0 +1,314 @@
+//! `weft run`: a WASI preview 1 command with the WASIX context API, as a library call.
+
+use std::path::{Path, PathBuf};
+
+use wasmtime::{Config, Engine, ExternType, Linker, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use weft_wasix_context::{
+    ContextConfig, EntrypointReturned, HostContexts, IncompatibleGuest, WasixContexts,
+};
+
+/// The exit status of a run whose context entrypoint returned (as in Wasmer).
+pub const EXIT_ENTRYPOINT_RETURNED: i32 = 129;
+/// The exit status of a trapped run (128 + SIGABRT, as `wasmtime run` on Unix).
+pub const EXIT_TRAP: i32 = 134;
+/// The exit status when the guest could not be loaded.
+pub const EXIT_LOAD_ERROR: i32 = 1;
+
+/// Limit of captured output per stream.
+const CAPTURE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Why a guest could not be started (nothing of it ran).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{0}` is not a WebAssembly file (no `\\0asm` header, and not WAT text)")]
+    NotWasm(PathBuf),
+    #[error(
+        "`{0}` is a WebAssembly component; `weft run` runs core modules (WASI preview 1 commands)"
+    )]
+    Component(PathBuf),
+    #[error("`{path}` is not a valid WebAssembly module: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "`{path}` imports `{module}.{name}` ({kind}), which weft does not provide (it provides \
+         wasi_snapshot_preview1 and wasix_32v1.context_create/context_switch/context_destroy)"
+    )]
+    UnknownImport {
+        path: PathBuf,
+        module: String,
+        name: String,
+        kind: &'static str,
+    },
+    #[error("`{path}` cannot use WASIX contexts: {source}")]
+    Incompatible {
+        path: PathBuf,
+        source: IncompatibleGuest,
+    },
+    #[error("`{0}` exports no `_start` function of type [] -> []: it is not a WASI command")]
+    NoStart(PathBuf),
+    #[error("cannot preopen directory `{host}`: {message}")]
+    Dir { host: PathBuf, message: String },
+    #[error("cannot instantiate `{path}`: {message}")]
+    Instantiate { path: PathBuf, message: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// What `weft run` exits with: the guest's own code, [`EXIT_TRAP`] or
+    /// [`EXIT_ENTRYPOINT_RETURNED`].
+    pub exit_code: i32,
+    /// The guest's output, when captured.
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The trap or entrypoint-returned error (with its wasm backtrace), as printed.
+    pub error: Option<String>,
+}
+
+/// A guest to run and how.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub wasm: PathBuf,
+    /// Arguments after `argv[0]` (which is `wasm` as given).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Preopened directories: (host path, guest path).
+    pub dirs: Vec<(PathBuf, String)>,
+    pub contexts: ContextConfig,
+    /// Capture stdout/stderr into the outcome instead of inheriting them.
+    pub capture_output: bool,
+}
+
+impl RunOptions {
+    pub fn new(wasm: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            wasm: wasm.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dirs: Vec::new(),
+            contexts: ContextConfig::default(),
+            capture_output: false,
+        }
+    }
+
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.dirs.push((host.into(), guest.into()));
+        self
+    }
+
+    pub fn contexts(mut self, config: ContextConfig) -> Self {
+        self.contexts = config;
+        self
+    }
+
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture_output = capture;
+        self
+    }
+
+    /// Loads and runs the guest to its end. `Err` only when it could not be started.
+    pub fn run(&self) -> Result<RunOutcome, LoadError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LoadError::Setup(format!("cannot start the async runtime: {e}")))?;
+        runtime.block_on(self.run_async())
+    }
+
+    /// [`run`](Self::run) inside an existing tokio runtime.
+    pub async fn run_async(&self) -> Result<RunOutcome, LoadError> {
+        let path = &self.wasm;
+        let bytes = read_guest(path)?;
+        let mut config = Config::new();
+        self.contexts.configure_engine(&mut config);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Setup(format!("{e:?}")))?;
+        let module = Module::new(&engine, &bytes).map_err(|e| LoadError::Invalid {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        })?;
+        weft_wasix_context::check_module(&module).map_err(|source| LoadError::Incompatible {
+            path: path.clone(),
+            source,
+        })?;
+
+        let mut linker: Linker<GuestState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut GuestState| {
+            &mut state.wasi
+        })
+        .map_err(|e| LoadError::Setup(format!("{e:?}")))?;
+        weft_wasix_context::add_to_linker(&mut linker, contexts)
+            .map_err(|e| LoadError::Setup(format!("{e:?}")))?;
+
+        let (wasi, output) = self.wasi_ctx()?;
+        let mut store = Store::new(
+            &engine,
+            GuestState {
+                wasi,
+                contexts: WasixContexts::new(self.contexts.clone()),
+            },
+        );
+        for import in module.imports() {
+            if linker.get_by_import(&mut store, &import).is_none() {
+                return Err(LoadError::UnknownImport {
+                    path: path.clone(),
+                    module: import.module().to_string(),
+                    name: import.name().to_string(),
+                    kind: match import.ty() {
+                        ExternType::Func(_) => "function",
+                        ExternType::Global(_) => "global",
+                        ExternType::Table(_) => "table",
+                        ExternType::Memory(_) => "memory",
+                        ExternType::Tag(_) => "tag",
+                    },
+                });
+            }
+        }
+        let instance = linker
+            .instantiate_async(&mut store, &module)
+            .await
+            .map_err(|e| LoadError::Instantiate {
+                path: path.clone(),
+                message: format!("{e:?}"),
+            })?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|_| LoadError::NoStart(path.clone()))?;
+
+        let result = start.call_async(&mut store, ()).await;
+        // Suspended contexts die with the run: release them before anything else. (`Busy`
+        // is impossible once `_start` returned; dropping the store would release them anyway.)
+        let _ = HostContexts::new(contexts).release_all(&mut store);
+        drop(store);
+
+        let (exit_code, error) = match result {
+            Ok(()) => (0, None),
+            Err(error) => {
+                if let Some(exit) = error.downcast_ref::<I32Exit>() {
+                    (exit.0, None)
+                } else if error.downcast_ref::<EntrypointReturned>().is_some() {
+                    (EXIT_ENTRYPOINT_RETURNED, Some(describe(&error)))
+                } else {
+                    (EXIT_TRAP, Some(describe(&error)))
+                }
+            }
+        };
+        let (stdout, stderr) = match output {
+            Some((stdout, stderr)) => (stdout.contents().to_vec(), stderr.contents().to_vec()),
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(RunOutcome {
+            exit_code,
+            stdout,
+            stderr,
+            error,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn wasi_ctx(
+        &self,
+    ) -> Result<(WasiP1Ctx, Option<(MemoryOutputPipe, MemoryOutputPipe)>), LoadError> {
+        let mut builder = WasiCtxBuilder::new();
+        let argv0 = self.wasm.to_string_lossy().into_owned();
+        builder.arg(argv0);
+        builder.args(&self.args);
+        for (key, value) in &self.env {
+            builder.env(key, value);
+        }
+        for (host, guest) in &self.dirs {
+            builder
+                .preopened_dir(host, guest, FsPerms::ReadWrite)
+                .map_err(|e| LoadError::Dir {
+                    host: host.clone(),
+                    message: format!("{e:#}"),
+                })?;
+        }
+        let output = if self.capture_output {
+            let stdout = MemoryOutputPipe::new(CAPTURE_LIMIT);
+            let stderr = MemoryOutputPipe::new(CAPTURE_LIMIT);
+            builder.stdout(stdout.clone()).stderr(stderr.clone());
+            Some((stdout, stderr))
+        } else {
+            builder.inherit_stdio();
+            None
+        };
+        Ok((builder.build_p1(), output))
+    }
+}
+
+struct GuestState {
+    wasi: WasiP1Ctx,
+    contexts: WasixContexts,
+}
+
+fn contexts(state: &mut GuestState) -> &mut WasixContexts {
+    &mut state.contexts
+}
+
+/// Reads the guest, telling a core module (binary or WAT text) from a component or
+/// something that is not wasm at all.
+fn read_guest(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(header) = bytes.strip_prefix(b"\0asm") {
+        // Core modules have version 1 and layer 0; components have layer 1.
+        return match header.get(..4) {
+            Some([_, _, 1, 0]) => Err(LoadError::Component(path.to_path_buf())),
+            _ => Ok(bytes),
+        };
+    }
+    let looks_like_wat = std::str::from_utf8(&bytes)
+        .map(|text| {
+            let text = text.trim_start();
+            text.starts_with('(') || text.starts_with(";;")
+        })
+        .unwrap_or(false);
+    if !looks_like_wat {
+        return Err(LoadError::NotWasm(path.to_path_buf()));
+    }
+    match wat::parse_bytes(&bytes) {
+        Ok(binary) if binary.get(6..8) == Some(&[1, 0]) => {
+            Err(LoadError::Component(path.to_path_buf()))
+        }
+        Ok(binary) => Ok(binary.into_owned()),
+        Err(e) => Err(LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The error chain as `wasmtime run` shows it (the wasm backtrace first, then the causes),
+/// without the host's Rust backtrace, which tells a guest author nothing.
+fn describe(error: &wasmtime::Error) -> String {
+    let mut text = String::new();
+    for (depth, cause) in error.chain().enumerate() {
+        match depth {
+            0 => text.push_str(&cause.to_string()),
+            1 => text.push_str(&format!("\n\nCaused by:\n    {cause}")),
+            _ => text.push_str(&format!("\n    {cause}")),
+        }
+    }
+    text
+}

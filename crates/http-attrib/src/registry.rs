@@ -1,0 +1,1097 @@
+//! The request registry: request lifecycle, attribution of outgoing calls,
+//! loop detection and the instance policy, as one state machine.
+//!
+//! It knows nothing of HTTP, wasmtime or clocks: the server tells it what
+//! happened (with the time it happened) and asks it what to do next
+//! ([`Registry::next_action`]). That keeps every policy decision in one place
+//! and testable against a model.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::ids::{InstanceId, RequestId};
+
+/// The name of the header that carries a request id on outgoing requests.
+pub const REQUEST_ID_HEADER: &str = "weft-request-id";
+
+/// Limits the registry enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Requests that have not had their response yet, per instance.
+    /// Post-response work does not count: it does not hold a client waiting.
+    pub max_in_flight_per_instance: usize,
+    /// Requests an instance serves before it is retired (then dropped once
+    /// nothing is left running in it).
+    pub max_requests_per_instance: u64,
+    /// Live instances, including ones being created.
+    pub max_instances: usize,
+    /// Requests waiting for an instance (beyond those instances can start
+    /// at once); beyond this, new requests are refused (`503`). May be 0.
+    pub queue_capacity: usize,
+    /// How long work for a request may go on after its response was sent.
+    pub drain_timeout: Duration,
+}
+
+impl Policy {
+    /// The defaults for a server with `workers` scheduler threads: two
+    /// instances per worker so one can be created or drained while the other
+    /// serves.
+    pub fn for_workers(workers: usize) -> Self {
+        let workers = workers.max(1);
+        Policy {
+            max_in_flight_per_instance: 16,
+            max_requests_per_instance: 128,
+            max_instances: 2 * workers,
+            queue_capacity: 64 * 16 * workers,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn check(&self) -> Result<(), RegistryError> {
+        let zero = |what| Err(RegistryError::BadPolicy(what));
+        if self.max_in_flight_per_instance == 0 {
+            return zero("max_in_flight_per_instance");
+        }
+        if self.max_requests_per_instance == 0 {
+            return zero("max_requests_per_instance");
+        }
+        if self.max_instances == 0 {
+            return zero("max_instances");
+        }
+        Ok(())
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::for_workers(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+/// Why the registry refused an incoming request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It carries a live request id of this very server: answering it would
+    /// feed a loop (`508 Loop Detected`).
+    LoopDetected { caused_by: RequestId },
+    /// The queue is full (`503 Service Unavailable`).
+    Overloaded,
+    /// The server is shutting down (`503 Service Unavailable`).
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// The HTTP status to answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::LoopDetected { .. } => 508,
+            Refusal::Overloaded | Refusal::ShuttingDown => 503,
+        }
+    }
+}
+
+/// Misuse of the registry by its caller, or a guest naming something that is
+/// not there. Never a panic: a guest's bad token is one of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("request {0} is not live")]
+    UnknownRequest(RequestId),
+    #[error("token {0} does not name a live request")]
+    BadToken(u64),
+    #[error("request {request} belongs to instance {owner}, not {asked}")]
+    ForeignRequest {
+        request: RequestId,
+        owner: InstanceId,
+        asked: InstanceId,
+    },
+    #[error("request {0} has not been started on an instance")]
+    NotStarted(RequestId),
+    #[error("request {0} already had its response")]
+    AlreadyResponded(RequestId),
+    #[error("instance {0} is not live")]
+    UnknownInstance(InstanceId),
+    #[error("already {0} instances, the policy's maximum")]
+    TooManyInstances(usize),
+    #[error("policy field {0} must not be zero")]
+    BadPolicy(&'static str),
+}
+
+/// What the server should do next; see [`Registry::next_action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run `request` on `instance` (its handler starts now).
+    Start {
+        request: RequestId,
+        instance: InstanceId,
+    },
+    /// Requests wait and no instance can take them: create one and report it
+    /// with [`Registry::add_instance`] (or [`Registry::spawn_failed`]).
+    SpawnInstance,
+    /// Nothing is left running in this retired or trapped instance: drop it.
+    DropInstance(InstanceId),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response sent and all work for it finished.
+    Completed,
+    /// Response sent; work still running at the drain deadline was killed.
+    Drained { stragglers: u32 },
+    /// Its handler finished without sending a response.
+    NoResponse,
+    /// Its instance trapped (because of it or of a sibling it could not be
+    /// moved away from).
+    Failed,
+}
+
+/// A finished request, for the access log and the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub request: RequestId,
+    pub instance: Option<InstanceId>,
+    pub outcome: Outcome,
+    pub outgoing: u32,
+    pub submitted_at: Instant,
+    pub started_at: Option<Instant>,
+    pub responded_at: Option<Instant>,
+    pub finished_at: Instant,
+}
+
+impl Summary {
+    /// From arrival to response (or to the end, when there was none).
+    pub fn response_time(&self) -> Duration {
+        self.responded_at.unwrap_or(self.finished_at) - self.submitted_at
+    }
+
+    /// How long work went on after the response.
+    pub fn post_response_time(&self) -> Duration {
+        self.responded_at
+            .map_or(Duration::ZERO, |at| self.finished_at - at)
+    }
+}
+
+/// What happened to the requests of an instance that trapped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrapFallout {
+    /// Finished as [`Outcome::Failed`]: the culprit, and siblings that had
+    /// already answered or made outgoing calls (retrying would repeat them).
+    pub failed: Vec<Summary>,
+    /// Siblings with no response and no outgoing call yet: back at the front
+    /// of the queue under the same id, to run again on another instance.
+    /// The server must still hold their request bodies.
+    pub requeued: Vec<RequestId>,
+}
+
+/// Counters over the registry's whole life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub submitted: u64,
+    pub completed: u64,
+    pub drained: u64,
+    /// Units of work (contexts, tasks) killed at drain deadlines.
+    pub stragglers: u64,
+    pub no_response: u64,
+    pub failed: u64,
+    pub requeued: u64,
+    pub refused_loop: u64,
+    pub refused_overload: u64,
+    pub refused_shutdown: u64,
+    pub outgoing: u64,
+    pub instances_created: u64,
+    pub instances_dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InstanceState {
+    Active,
+    /// Takes no new requests; dropped when empty.
+    Retiring,
+    /// Takes no new requests; dropped when empty.
+    Trapped,
+}
+
+#[derive(Debug)]
+struct InstanceRecord {
+    state: InstanceState,
+    backpressure: bool,
+    /// Started, not yet responded.
+    in_flight: usize,
+    /// Started, not yet finished (in flight or post-response).
+    live: usize,
+    served: u64,
+}
+
+#[derive(Debug)]
+struct RequestRecord {
+    instance: Option<InstanceId>,
+    submitted_at: Instant,
+    started_at: Option<Instant>,
+    responded_at: Option<Instant>,
+    deadline: Option<Instant>,
+    work_done: bool,
+    outgoing: u32,
+}
+
+/// The registry. One per server, shared by all instances (behind a
+/// [`SharedRegistry`](crate::SharedRegistry) when threads share it).
+#[derive(Debug)]
+pub struct Registry {
+    policy: Policy,
+    server_tag: u64,
+    next_request: u64,
+    next_instance: u64,
+    requests: HashMap<RequestId, RequestRecord>,
+    instances: BTreeMap<InstanceId, InstanceRecord>,
+    queue: VecDeque<RequestId>,
+    /// Drain deadlines of answered requests still working, soonest first.
+    deadlines: BTreeSet<(Instant, RequestId)>,
+    spawning: usize,
+    shutting_down: bool,
+    stats: Stats,
+}
+
+impl Registry {
+    /// `server_tag` tells this server's ids from another server's in the
+    /// `weft-request-id` header; [`Registry::random_server_tag`] makes one.
+    pub fn new(policy: Policy, server_tag: u64) -> Result<Self, RegistryError> {
+        policy.check()?;
+        Ok(Registry {
+            policy,
+            server_tag,
+            next_request: 1,
+            next_instance: 1,
+            requests: HashMap::new(),
+            instances: BTreeMap::new(),
+            queue: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            spawning: 0,
+            shutting_down: false,
+            stats: Stats::default(),
+        })
+    }
+
+    /// A tag that differs between servers and between runs (from the
+    /// process id, the time and std's per-process random hash keys).
+    pub fn random_server_tag() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+        {
+            hasher.write_u128(since_epoch.as_nanos());
+        }
+        hasher.finish()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The value of the `weft-request-id` header for outgoing calls made on
+    /// behalf of `request`.
+    pub fn header_value(&self, request: RequestId) -> String {
+        format!("{:016x}-{}", self.server_tag, request.get())
+    }
+
+    /// Reads a `weft-request-id` header value. `Some` only for an id this
+    /// server issued (live or not); other servers' ids and garbage are `None`.
+    pub fn parse_header_value(&self, value: &str) -> Option<RequestId> {
+        let (tag, seq) = value.trim().split_once('-')?;
+        if tag.len() != 16 || u64::from_str_radix(tag, 16).ok()? != self.server_tag {
+            return None;
+        }
+        if !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq: u64 = seq.parse().ok()?;
+        (seq < self.next_request).then(|| RequestId::from_token(seq))?
+    }
+
+    /// Is `request` submitted and not finished?
+    pub fn is_live(&self, request: RequestId) -> bool {
+        self.requests.contains_key(&request)
+    }
+
+    /// Has the response of live `request` gone out?
+    pub fn has_responded(&self, request: RequestId) -> bool {
+        self.requests
+            .get(&request)
+            .is_some_and(|r| r.responded_at.is_some())
+    }
+
+    /// The instance `request` runs on, if it has been started.
+    pub fn instance_of(&self, request: RequestId) -> Option<InstanceId> {
+        self.requests.get(&request)?.instance
+    }
+
+    pub fn live_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Live instances, excluding ones being created.
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Admits an incoming request, given the `weft-request-id` headers it
+    /// carries (any number: a proxy may have added its own), into the queue.
+    /// Call [`Registry::next_action`] afterwards.
+    pub fn submit<'a>(
+        &mut self,
+        request_id_headers: impl IntoIterator<Item = &'a str>,
+        now: Instant,
+    ) -> Result<RequestId, Refusal> {
+        for value in request_id_headers {
+            if let Some(caused_by) = self.parse_header_value(value)
+                && self.is_live(caused_by)
+            {
+                self.stats.refused_loop += 1;
+                return Err(Refusal::LoopDetected { caused_by });
+            }
+        }
+        if self.shutting_down {
+            self.stats.refused_shutdown += 1;
+            return Err(Refusal::ShuttingDown);
+        }
+        if self.queue.len() >= self.policy.queue_capacity + self.immediate_room() {
+            self.stats.refused_overload += 1;
+            return Err(Refusal::Overloaded);
+        }
+        let request = RequestId::from_seq(self.next_request);
+        self.next_request += 1;
+        self.requests.insert(
+            request,
+            RequestRecord {
+                instance: None,
+                submitted_at: now,
+                started_at: None,
+                responded_at: None,
+                deadline: None,
+                work_done: false,
+                outgoing: 0,
+            },
+        );
+        self.queue.push_back(request);
+        self.stats.submitted += 1;
+        Ok(request)
+    }
+
+    /// Refuses every later [`Registry::submit`]; what is queued or running
+    /// goes on (drain it with `next_action` as usual).
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// True once shutdown began and nothing is left: no request, no instance
+    /// still to drop.
+    pub fn is_drained(&self) -> bool {
+        self.shutting_down && self.requests.is_empty() && self.instances.is_empty()
+    }
+
+    fn accepts_new(&self, record: &InstanceRecord) -> bool {
+        record.state == InstanceState::Active
+            && !record.backpressure
+            && record.in_flight < self.policy.max_in_flight_per_instance
+            && record.served < self.policy.max_requests_per_instance
+    }
+
+    /// How many requests instances could start right now: those do not
+    /// wait, so they do not count against the queue's capacity.
+    fn immediate_room(&self) -> usize {
+        self.instances
+            .values()
+            .filter(|r| self.accepts_new(r))
+            .map(|r| {
+                let in_flight_room = self.policy.max_in_flight_per_instance - r.in_flight;
+                let budget_room = self.policy.max_requests_per_instance - r.served;
+                in_flight_room.min(usize::try_from(budget_room).unwrap_or(usize::MAX))
+            })
+            .sum()
+    }
+
+    /// The next thing the server should do, or `None` when all is settled.
+    /// Call it in a loop after every event.
+    pub fn next_action(&mut self, now: Instant) -> Option<Action> {
+        let empty_dead = self
+            .instances
+            .iter()
+            .find(|(_, r)| r.state != InstanceState::Active && r.live == 0)
+            .map(|(&id, _)| id);
+        if let Some(id) = empty_dead {
+            self.instances.remove(&id);
+            self.stats.instances_dropped += 1;
+            return Some(Action::DropInstance(id));
+        }
+        let &request = self.queue.front()?;
+        // The least loaded instance that takes work: spreads load, and an
+        // instance near its request budget is not preferred over a fresh one.
+        let target = self
+            .instances
+            .iter()
+            .filter(|(_, r)| self.accepts_new(r))
+            .min_by_key(|(id, r)| (r.in_flight, r.served, **id))
+            .map(|(&id, _)| id);
+        if let Some(instance) = target {
+            self.queue.pop_front();
+            let record = self.instances.get_mut(&instance).expect("target exists");
+            record.in_flight += 1;
+            record.live += 1;
+            record.served += 1;
+            if record.served >= self.policy.max_requests_per_instance {
+                record.state = InstanceState::Retiring;
+            }
+            let entry = self.requests.get_mut(&request).expect("queued is live");
+            entry.instance = Some(instance);
+            entry.started_at = Some(now);
+            return Some(Action::Start { request, instance });
+        }
+        // Instances still being created will take the first queued requests;
+        // only ask for more when the queue outnumbers what they will accept.
+        let spawning_capacity = self.spawning * self.policy.max_in_flight_per_instance;
+        if self.queue.len() > spawning_capacity
+            && self.instances.len() + self.spawning < self.policy.max_instances
+        {
+            self.spawning += 1;
+            return Some(Action::SpawnInstance);
+        }
+        None
+    }
+
+    /// Registers a new instance: one asked for by [`Action::SpawnInstance`],
+    /// or one created up front (pre-warming), within `max_instances`.
+    pub fn add_instance(&mut self) -> Result<InstanceId, RegistryError> {
+        if self.spawning > 0 {
+            self.spawning -= 1;
+        } else if self.instances.len() >= self.policy.max_instances {
+            return Err(RegistryError::TooManyInstances(self.policy.max_instances));
+        }
+        let id = InstanceId(self.next_instance);
+        self.next_instance += 1;
+        self.instances.insert(
+            id,
+            InstanceRecord {
+                state: InstanceState::Active,
+                backpressure: false,
+                in_flight: 0,
+                live: 0,
+                served: 0,
+            },
+        );
+        self.stats.instances_created += 1;
+        Ok(id)
+    }
+
+    /// Creating an instance asked for by [`Action::SpawnInstance`] failed.
+    pub fn spawn_failed(&mut self) {
+        self.spawning = self.spawning.saturating_sub(1);
+    }
+
+    fn instance_mut(&mut self, instance: InstanceId) -> Result<&mut InstanceRecord, RegistryError> {
+        self.instances
+            .get_mut(&instance)
+            .ok_or(RegistryError::UnknownInstance(instance))
+    }
+
+    /// The guest asked for no more concurrent requests (`true`) or lifted
+    /// that (`false`). Requests go to other instances or wait meanwhile.
+    pub fn set_backpressure(
+        &mut self,
+        instance: InstanceId,
+        on: bool,
+    ) -> Result<(), RegistryError> {
+        self.instance_mut(instance)?.backpressure = on;
+        Ok(())
+    }
+
+    pub fn has_backpressure(&self, instance: InstanceId) -> bool {
+        self.instances
+            .get(&instance)
+            .is_some_and(|r| r.backpressure)
+    }
+
+    /// Does `instance` take new requests now?
+    pub fn accepts_requests(&self, instance: InstanceId) -> bool {
+        self.instances
+            .get(&instance)
+            .is_some_and(|r| self.accepts_new(r))
+    }
+
+    /// Stop giving `instance` new requests; it is dropped once empty.
+    pub fn retire(&mut self, instance: InstanceId) -> Result<(), RegistryError> {
+        let record = self.instance_mut(instance)?;
+        if record.state == InstanceState::Active {
+            record.state = InstanceState::Retiring;
+        }
+        Ok(())
+    }
+
+    fn started(&self, request: RequestId) -> Result<(&RequestRecord, InstanceId), RegistryError> {
+        let record = self
+            .requests
+            .get(&request)
+            .ok_or(RegistryError::UnknownRequest(request))?;
+        let instance = record.instance.ok_or(RegistryError::NotStarted(request))?;
+        Ok((record, instance))
+    }
+
+    /// Checks a token a guest running on `instance` passed to `enter`: it must
+    /// name a live request started on that same instance (a guest may not
+    /// attribute work to another instance's requests, nor to finished ones).
+    pub fn validate_token(
+        &self,
+        instance: InstanceId,
+        token: u64,
+    ) -> Result<RequestId, RegistryError> {
+        let request = RequestId::from_token(token).ok_or(RegistryError::BadToken(token))?;
+        let Some(record) = self.requests.get(&request) else {
+            return Err(RegistryError::BadToken(token));
+        };
+        match record.instance {
+            Some(owner) if owner == instance => Ok(request),
+            Some(owner) => Err(RegistryError::ForeignRequest {
+                request,
+                owner,
+                asked: instance,
+            }),
+            None => Err(RegistryError::NotStarted(request)),
+        }
+    }
+
+    /// Records an outgoing call made for `request` and returns the
+    /// `weft-request-id` header value it must carry.
+    pub fn record_outgoing(&mut self, request: RequestId) -> Result<String, RegistryError> {
+        self.started(request)?;
+        let record = self.requests.get_mut(&request).expect("checked live");
+        record.outgoing += 1;
+        self.stats.outgoing += 1;
+        Ok(self.header_value(request))
+    }
+
+    /// The response of `request` went out. Work for it may go on until
+    /// `now + drain_timeout`. Returns the summary if nothing was left running.
+    pub fn response_sent(
+        &mut self,
+        request: RequestId,
+        now: Instant,
+    ) -> Result<Option<Summary>, RegistryError> {
+        let (record, instance) = self.started(request)?;
+        if record.responded_at.is_some() {
+            return Err(RegistryError::AlreadyResponded(request));
+        }
+        let work_done = record.work_done;
+        let deadline = now + self.policy.drain_timeout;
+        let record = self.requests.get_mut(&request).expect("checked live");
+        record.responded_at = Some(now);
+        record.deadline = Some(deadline);
+        self.deadlines.insert((deadline, request));
+        self.instance_mut(instance)?.in_flight -= 1;
+        Ok(work_done.then(|| self.finish(request, Outcome::Completed, now)))
+    }
+
+    /// Everything running for `request` has exited (its contexts, or its
+    /// task). Finishes it as [`Outcome::Completed`] if it had answered.
+    /// Otherwise it stays live: a component task's result may still be on its
+    /// way to [`Registry::response_sent`]; a server that knows no response
+    /// will come calls [`Registry::no_response`].
+    pub fn work_finished(
+        &mut self,
+        request: RequestId,
+        now: Instant,
+    ) -> Result<Option<Summary>, RegistryError> {
+        let (record, _) = self.started(request)?;
+        let responded = record.responded_at.is_some();
+        self.requests
+            .get_mut(&request)
+            .expect("checked live")
+            .work_done = true;
+        Ok(responded.then(|| self.finish(request, Outcome::Completed, now)))
+    }
+
+    /// The handler of `request` ended without a response (the server answers
+    /// `500`); any work still running for it is the caller's to stop.
+    pub fn no_response(
+        &mut self,
+        request: RequestId,
+        now: Instant,
+    ) -> Result<Summary, RegistryError> {
+        let (record, _) = self.started(request)?;
+        if record.responded_at.is_some() {
+            return Err(RegistryError::AlreadyResponded(request));
+        }
+        Ok(self.finish(request, Outcome::NoResponse, now))
+    }
+
+    /// Responded requests whose work is still running past the drain deadline.
+    /// The server kills that work and reports it with [`Registry::drained`].
+    pub fn expired(&self, now: Instant) -> Vec<RequestId> {
+        let mut due: Vec<RequestId> = self
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|&(_, request)| request)
+            .collect();
+        due.sort();
+        due
+    }
+
+    /// The earliest drain deadline, for the server's timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// `stragglers` units of work still running for `request` at its drain
+    /// deadline were killed.
+    pub fn drained(
+        &mut self,
+        request: RequestId,
+        stragglers: u32,
+        now: Instant,
+    ) -> Result<Summary, RegistryError> {
+        let (record, _) = self.started(request)?;
+        if record.responded_at.is_none() {
+            return Err(RegistryError::NotStarted(request));
+        }
+        self.stats.stragglers += u64::from(stragglers);
+        Ok(self.finish(request, Outcome::Drained { stragglers }, now))
+    }
+
+    /// `instance` trapped, while running `culprit` if that is known. The
+    /// instance takes no new requests and is dropped once empty; see
+    /// [`TrapFallout`] for its requests.
+    pub fn instance_trapped(
+        &mut self,
+        instance: InstanceId,
+        culprit: Option<RequestId>,
+        now: Instant,
+    ) -> Result<TrapFallout, RegistryError> {
+        self.instance_mut(instance)?.state = InstanceState::Trapped;
+        let mut on_instance: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.instance == Some(instance))
+            .map(|(&id, _)| id)
+            .collect();
+        on_instance.sort();
+        let mut fallout = TrapFallout::default();
+        // Requeue in reverse so they keep their order at the queue's front.
+        for &request in on_instance.iter().rev() {
+            let record = &self.requests[&request];
+            let retryable =
+                Some(request) != culprit && record.responded_at.is_none() && record.outgoing == 0;
+            if retryable {
+                let record = self.requests.get_mut(&request).expect("listed");
+                record.instance = None;
+                record.started_at = None;
+                record.work_done = false;
+                let instance = self.instance_mut(instance)?;
+                instance.in_flight -= 1;
+                instance.live -= 1;
+                self.queue.push_front(request);
+                self.stats.requeued += 1;
+                fallout.requeued.push(request);
+            }
+        }
+        fallout.requeued.reverse();
+        for request in on_instance {
+            if self
+                .requests
+                .get(&request)
+                .is_some_and(|r| r.instance.is_some())
+            {
+                fallout
+                    .failed
+                    .push(self.finish(request, Outcome::Failed, now));
+            }
+        }
+        Ok(fallout)
+    }
+
+    fn finish(&mut self, request: RequestId, outcome: Outcome, now: Instant) -> Summary {
+        let record = self
+            .requests
+            .remove(&request)
+            .expect("finishing a live request");
+        if let Some(deadline) = record.deadline {
+            self.deadlines.remove(&(deadline, request));
+        }
+        if let Some(instance) = record.instance.and_then(|id| self.instances.get_mut(&id)) {
+            if record.responded_at.is_none() {
+                instance.in_flight -= 1;
+            }
+            instance.live -= 1;
+        }
+        match outcome {
+            Outcome::Completed => self.stats.completed += 1,
+            Outcome::Drained { .. } => self.stats.drained += 1,
+            Outcome::NoResponse => self.stats.no_response += 1,
+            Outcome::Failed => self.stats.failed += 1,
+        }
+        Summary {
+            request,
+            instance: record.instance,
+            outcome,
+            outgoing: record.outgoing,
+            submitted_at: record.submitted_at,
+            started_at: record.started_at,
+            responded_at: record.responded_at,
+            finished_at: now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(policy: Policy) -> Registry {
+        Registry::new(policy, 0xabcd).unwrap()
+    }
+
+    fn small() -> Policy {
+        Policy {
+            max_in_flight_per_instance: 2,
+            max_requests_per_instance: 3,
+            max_instances: 2,
+            queue_capacity: 4,
+            drain_timeout: Duration::from_millis(50),
+        }
+    }
+
+    /// Runs `next_action` until it settles, adding instances when asked.
+    fn settle(reg: &mut Registry, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while let Some(action) = reg.next_action(now) {
+            if action == Action::SpawnInstance {
+                reg.add_instance().unwrap();
+            }
+            actions.push(action);
+        }
+        actions
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let p = Policy::for_workers(4);
+        assert_eq!(p.max_in_flight_per_instance, 16);
+        assert_eq!(p.max_requests_per_instance, 128);
+        assert_eq!(p.max_instances, 8);
+        assert_eq!(p.drain_timeout, Duration::from_secs(5));
+        assert!(Policy::default().max_instances >= 2);
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let p = Policy {
+            max_in_flight_per_instance: 0,
+            ..small()
+        };
+        assert_eq!(
+            Registry::new(p, 1).unwrap_err(),
+            RegistryError::BadPolicy("max_in_flight_per_instance")
+        );
+    }
+
+    #[test]
+    fn header_values_round_trip_and_only_ours_parse() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let r = reg.submit([], now).unwrap();
+        let value = reg.header_value(r);
+        assert_eq!(value, format!("000000000000abcd-{}", r.get()));
+        assert_eq!(reg.parse_header_value(&value), Some(r));
+        assert_eq!(reg.parse_header_value(&format!(" {value} ")), Some(r));
+        for other in [
+            "000000000000abce-1",
+            "abcd-1",
+            "000000000000abcd-",
+            "000000000000abcd-+1",
+            "000000000000abcd-0",
+            "000000000000abcd-99",
+            "000000000000abcd-1-1",
+            "",
+            "\u{e9}\u{e9}",
+        ] {
+            assert_eq!(reg.parse_header_value(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_live_id_coming_back_is_a_loop_and_a_finished_one_is_not() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let r = reg.submit([], now).unwrap();
+        settle(&mut reg, now);
+        let ours = reg.header_value(r);
+        let refusal = reg.submit(["proxy-id", ours.as_str()], now).unwrap_err();
+        assert_eq!(refusal, Refusal::LoopDetected { caused_by: r });
+        assert_eq!(refusal.status(), 508);
+        reg.response_sent(r, now).unwrap();
+        reg.work_finished(r, now).unwrap();
+        assert!(reg.submit([ours.as_str()], now).is_ok());
+        assert_eq!(reg.stats().refused_loop, 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_with_503() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_instances: 1,
+            queue_capacity: 2,
+            ..small()
+        });
+        for _ in 0..2 {
+            reg.submit([], now).unwrap();
+        }
+        let refusal = reg.submit([], now).unwrap_err();
+        assert_eq!((refusal, refusal.status()), (Refusal::Overloaded, 503));
+        // Dispatching frees the queue: in-flight requests are not queued.
+        settle(&mut reg, now);
+        assert_eq!(reg.queue_len(), 0);
+        reg.submit([], now).unwrap();
+        reg.submit([], now).unwrap();
+        assert!(reg.submit([], now).is_err());
+    }
+
+    #[test]
+    fn with_no_queue_requests_run_while_there_is_room() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_instances: 1,
+            queue_capacity: 0,
+            ..small()
+        });
+        assert_eq!(
+            reg.submit([], now),
+            Err(Refusal::Overloaded),
+            "no instance yet, no queue"
+        );
+        reg.add_instance().unwrap();
+        reg.submit([], now).unwrap();
+        reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.submit([], now),
+            Err(Refusal::Overloaded),
+            "two in flight is the most"
+        );
+        assert_eq!(settle(&mut reg, now).len(), 2);
+        assert_eq!(reg.submit([], now), Err(Refusal::Overloaded));
+    }
+
+    #[test]
+    fn instances_are_spawned_as_needed_but_not_twice_for_the_same_requests() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_instances: 3,
+            ..small()
+        });
+        reg.submit([], now).unwrap();
+        reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), Some(Action::SpawnInstance));
+        // The instance being created will take both (2 in flight each).
+        assert_eq!(reg.next_action(now), None);
+        reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), Some(Action::SpawnInstance));
+        reg.spawn_failed();
+        let i = reg.add_instance().unwrap();
+        let started = settle(&mut reg, now);
+        assert!(matches!(started[0], Action::Start { instance, .. } if instance == i));
+        assert_eq!(reg.instance_count(), 2);
+    }
+
+    #[test]
+    fn an_instance_is_retired_after_its_request_budget_and_dropped_when_empty() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_instances: 1,
+            max_in_flight_per_instance: 16,
+            ..small()
+        });
+        let first = reg.add_instance().unwrap();
+        let rs: Vec<RequestId> = (0..4).map(|_| reg.submit([], now).unwrap()).collect();
+        let actions = settle(&mut reg, now);
+        assert_eq!(
+            actions.len(),
+            3,
+            "three starts, then the budget is spent: {actions:?}"
+        );
+        assert!(!reg.accepts_requests(first));
+        assert_eq!(reg.queue_len(), 1);
+        for &r in &rs[..3] {
+            reg.response_sent(r, now).unwrap();
+            assert!(
+                settle(&mut reg, now).is_empty(),
+                "not dropped while {r} works"
+            );
+            reg.work_finished(r, now).unwrap();
+        }
+        let actions = settle(&mut reg, now);
+        assert_eq!(actions[0], Action::DropInstance(first));
+        assert_eq!(actions[1], Action::SpawnInstance);
+        assert!(
+            matches!(actions[2], Action::Start { request, instance } if request == rs[3] && instance != first)
+        );
+    }
+
+    #[test]
+    fn post_response_work_finishes_or_is_drained_at_the_deadline() {
+        let t0 = Instant::now();
+        let mut reg = registry(small());
+        let (a, b) = (reg.submit([], t0).unwrap(), reg.submit([], t0).unwrap());
+        settle(&mut reg, t0);
+        assert_eq!(reg.record_outgoing(a).unwrap(), reg.header_value(a));
+        reg.response_sent(a, t0).unwrap();
+        reg.response_sent(b, t0).unwrap();
+        assert_eq!(reg.next_deadline(), Some(t0 + Duration::from_millis(50)));
+        let t1 = t0 + Duration::from_millis(20);
+        let done = reg.work_finished(a, t1).unwrap().unwrap();
+        assert_eq!((done.outcome, done.outgoing), (Outcome::Completed, 1));
+        assert_eq!(done.post_response_time(), Duration::from_millis(20));
+        assert!(reg.expired(t1).is_empty());
+        let t2 = t0 + Duration::from_millis(50);
+        assert_eq!(reg.expired(t2), vec![b]);
+        let drained = reg.drained(b, 2, t2).unwrap();
+        assert_eq!(drained.outcome, Outcome::Drained { stragglers: 2 });
+        assert_eq!((reg.stats().drained, reg.stats().stragglers), (1, 2));
+        assert_eq!(
+            reg.record_outgoing(b),
+            Err(RegistryError::UnknownRequest(b))
+        );
+    }
+
+    #[test]
+    fn work_finishing_before_the_answer_waits_for_it_or_for_no_response() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let (a, b) = (reg.submit([], now).unwrap(), reg.submit([], now).unwrap());
+        settle(&mut reg, now);
+        assert_eq!(reg.work_finished(a, now), Ok(None));
+        let done = reg.response_sent(a, now).unwrap().unwrap();
+        assert_eq!(done.outcome, Outcome::Completed);
+        assert_eq!(reg.work_finished(b, now), Ok(None));
+        assert_eq!(
+            reg.no_response(b, now).unwrap().outcome,
+            Outcome::NoResponse
+        );
+        assert_eq!(reg.live_requests(), 0);
+    }
+
+    #[test]
+    fn backpressure_moves_requests_to_another_instance_or_holds_them() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let first = reg.add_instance().unwrap();
+        reg.set_backpressure(first, true).unwrap();
+        let r = reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), Some(Action::SpawnInstance));
+        let second = reg.add_instance().unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            Some(Action::Start {
+                request: r,
+                instance: second
+            })
+        );
+        reg.set_backpressure(second, true).unwrap();
+        let held = reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            None,
+            "both hold backpressure, no room for a third"
+        );
+        reg.set_backpressure(first, false).unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            Some(Action::Start {
+                request: held,
+                instance: first
+            })
+        );
+        assert_eq!(
+            reg.set_backpressure(InstanceId(99), true),
+            Err(RegistryError::UnknownInstance(InstanceId(99)))
+        );
+    }
+
+    #[test]
+    fn tokens_must_name_a_live_request_of_the_same_instance() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let first = reg.add_instance().unwrap();
+        let r = reg.submit([], now).unwrap();
+        settle(&mut reg, now);
+        assert_eq!(reg.validate_token(first, r.get()), Ok(r));
+        assert_eq!(
+            reg.validate_token(first, 0),
+            Err(RegistryError::BadToken(0))
+        );
+        assert_eq!(
+            reg.validate_token(first, 77),
+            Err(RegistryError::BadToken(77))
+        );
+        let other = InstanceId(first.get() + 1);
+        assert!(matches!(
+            reg.validate_token(other, r.get()),
+            Err(RegistryError::ForeignRequest { .. })
+        ));
+        reg.set_backpressure(first, true).unwrap();
+        let queued = reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.validate_token(first, queued.get()),
+            Err(RegistryError::NotStarted(queued))
+        );
+    }
+
+    #[test]
+    fn a_trap_fails_the_culprit_and_requeues_untouched_siblings() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_in_flight_per_instance: 4,
+            ..small()
+        });
+        let first = reg.add_instance().unwrap();
+        let rs: Vec<RequestId> = (0..3).map(|_| reg.submit([], now).unwrap()).collect();
+        settle(&mut reg, now);
+        reg.record_outgoing(rs[1]).unwrap();
+        let fallout = reg.instance_trapped(first, Some(rs[0]), now).unwrap();
+        let failed: Vec<RequestId> = fallout.failed.iter().map(|s| s.request).collect();
+        assert_eq!(
+            failed,
+            [rs[0], rs[1]],
+            "the culprit, and the sibling whose fetch went out"
+        );
+        assert_eq!(fallout.requeued, [rs[2]]);
+        assert!(!reg.accepts_requests(first));
+        let actions = settle(&mut reg, now);
+        assert_eq!(actions[0], Action::DropInstance(first));
+        assert!(matches!(actions[2], Action::Start { request, .. } if request == rs[2]));
+        assert_eq!(reg.instance_of(rs[2]).map(|i| i == first), Some(false));
+    }
+
+    #[test]
+    fn shutdown_refuses_new_requests_and_drains_the_rest() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let r = reg.submit([], now).unwrap();
+        settle(&mut reg, now);
+        reg.begin_shutdown();
+        assert_eq!(reg.submit([], now), Err(Refusal::ShuttingDown));
+        assert!(!reg.is_drained());
+        reg.response_sent(r, now).unwrap();
+        reg.work_finished(r, now).unwrap();
+        let instance = reg.instance_of(r);
+        assert_eq!(instance, None, "finished requests are forgotten");
+        let only = InstanceId(1);
+        reg.retire(only).unwrap();
+        assert_eq!(settle(&mut reg, now), [Action::DropInstance(only)]);
+        assert!(reg.is_drained());
+    }
+}

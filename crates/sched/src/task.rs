@@ -1,0 +1,682 @@
+//! Tasks: a fiber plus the small state machine that decides who may resume it.
+//!
+//! State transitions (all by compare-and-swap, so each one happens exactly once):
+//!
+//! ```text
+//!   IDLE ──wake──▶ SCHEDULED ──worker pops──▶ RUNNING ──returns──▶ COMPLETE (terminal)
+//!    ▲                 ▲                        │  │
+//!    └────suspend(Park)┼────────────────────────┘  │ wake while running
+//!                      └──suspend(Park|Yield)── NOTIFIED ◀┘
+//! ```
+//!
+//! A task sits in at most one run queue at a time, because only the IDLE -> SCHEDULED transition
+//! (and a worker re-queueing the task it just ran) pushes it. A wake while it runs only records
+//! NOTIFIED; the worker re-queues it after the fiber has fully switched out. A wake of a COMPLETE
+//! task does nothing. Together these make "resumed from a stale queue entry" and "restarted after
+//! it finished" impossible: the two bug classes of the Io scheduler seed.
+
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::future::Future;
+use std::mem::ManuallyDrop;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+
+use crate::context;
+use crate::fiber::{Fiber, Suspender};
+use crate::runtime::Shared;
+
+/// Why a fiber handed control back to its worker.
+pub(crate) enum Suspend {
+    /// Runnable again right away; goes to the back of the queue.
+    Yield,
+    /// Waiting for a wake-up.
+    Park,
+}
+
+pub(crate) type TaskFiber = Fiber<(), Suspend, ()>;
+type TaskSuspender = Suspender<(), Suspend>;
+
+pub(crate) const IDLE: u8 = 0;
+pub(crate) const SCHEDULED: u8 = 1;
+pub(crate) const RUNNING: u8 = 2;
+pub(crate) const NOTIFIED: u8 = 3;
+pub(crate) const COMPLETE: u8 = 4;
+
+pub(crate) struct Task {
+    state: AtomicU8,
+    unpark_token: AtomicBool,
+    id: u64,
+    shared: Arc<Shared>,
+    /// Touched only by the worker that moved the state to RUNNING (and by `Drop`).
+    fiber: UnsafeCell<Option<TaskFiber>>,
+    /// Set by the fiber body when it starts; read only by the fiber itself.
+    suspender: UnsafeCell<*const TaskSuspender>,
+}
+
+// SAFETY: `fiber` and `suspender` are only accessed by the single thread that currently owns the
+// task's RUNNING state (the state machine above grants that to one worker at a time), or by
+// `Drop`, which has exclusive access. Everything else is atomics or immutable.
+unsafe impl Sync for Task {}
+// SAFETY: the fiber is Send (its body is Send + 'static); the suspender pointer is only
+// dereferenced by code running on the fiber itself.
+unsafe impl Send for Task {}
+
+impl Task {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Moves SCHEDULED -> RUNNING; false means this queue entry is stale and must be ignored.
+    pub(crate) fn start_running(&self) -> bool {
+        self.state
+            .compare_exchange(SCHEDULED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Resumes the fiber. The caller must have won `start_running`.
+    pub(crate) fn resume(&self) -> Option<Suspend> {
+        // SAFETY: the caller owns the RUNNING state, so no other thread touches `fiber`.
+        let fiber = unsafe { &mut *self.fiber.get() };
+        let f = fiber.as_mut()?;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| f.resume(())));
+        match outcome {
+            Ok(crate::fiber::FiberResult::Yield(reason)) => Some(reason),
+            // The body catches the task's own panics, so a panic here is a bug in the runtime
+            // glue; either way the fiber is finished and must not run again.
+            Ok(crate::fiber::FiberResult::Return(())) | Err(_) => {
+                *fiber = None;
+                self.state.store(COMPLETE, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// After `Suspend::Park`: RUNNING -> IDLE, unless a wake arrived meanwhile, in which case the
+    /// task is SCHEDULED again and the caller must queue it (returns true).
+    pub(crate) fn park_after_run(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => false,
+            Err(NOTIFIED) => {
+                self.state.store(SCHEDULED, Ordering::Release);
+                true
+            }
+            Err(other) => unreachable!("task in state {other} after parking"),
+        }
+    }
+
+    /// After `Suspend::Yield`: back to SCHEDULED (absorbing any NOTIFIED).
+    pub(crate) fn yield_after_run(&self) {
+        self.state.store(SCHEDULED, Ordering::Release);
+    }
+
+    /// Makes the task runnable if it is parked; records the wake if it is running; ignores it if
+    /// it is already queued or finished.
+    pub(crate) fn wake_task(self: &Arc<Self>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let next = match state {
+                IDLE => SCHEDULED,
+                RUNNING => NOTIFIED,
+                _ => return,
+            };
+            match self
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if next == SCHEDULED {
+                        self.shared.schedule(self.clone());
+                    }
+                    return;
+                }
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    pub(crate) fn unpark(self: &Arc<Self>) {
+        self.unpark_token.store(true, Ordering::Release);
+        self.wake_task();
+    }
+
+    pub(crate) fn take_unpark_token(&self) -> bool {
+        self.unpark_token.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for Task {
+    fn wake(self: Arc<Self>) {
+        self.wake_task();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_task();
+    }
+}
+
+impl Task {
+    /// Drops the fiber of a task that will never run again (runtime shutdown), unwinding its
+    /// stack. Only called once the workers have stopped.
+    pub(crate) fn cancel(&self) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if !matches!(state, IDLE | SCHEDULED) {
+                return;
+            }
+            match self
+                .state
+                .compare_exchange(state, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: winning the CAS to RUNNING gives this thread exclusive access to `fiber`.
+        let fiber = unsafe { (*self.fiber.get()).take() };
+        if let Some(fiber) = fiber {
+            drop_unwinding(fiber);
+        }
+        self.state.store(COMPLETE, Ordering::Release);
+    }
+}
+
+/// Dropping a started, unfinished fiber unwinds its stack so its destructors run; the task body
+/// must let that unwind through rather than report it as the task's panic.
+fn drop_unwinding(fiber: TaskFiber) {
+    context::set_dropping_fiber(true);
+    drop(fiber);
+    context::set_dropping_fiber(false);
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // A task that can never be woken again (nothing holds it) is dropped unfinished.
+        if let Some(fiber) = self.fiber.get_mut().take() {
+            drop_unwinding(fiber);
+        }
+    }
+}
+
+#[derive(Default)]
+struct RegistryShard {
+    entries: Vec<Weak<Task>>,
+    compact_at: usize,
+}
+
+/// Every task of a runtime that may still have a fiber, so shutdown can cancel them all (tasks
+/// parked forever included) and their joiners learn they were cancelled.
+///
+/// One shard per worker (plus one for spawns from outside), so a spawn takes an uncontended
+/// lock. Entries are never removed one by one: a shard drops the entries of finished or freed
+/// tasks in bulk when it has doubled since its last sweep (amortised O(1) per spawn; a freed
+/// task's memory is held until then).
+pub(crate) struct TaskRegistry {
+    shards: Box<[crossbeam_utils::CachePadded<Mutex<RegistryShard>>]>,
+}
+
+const REGISTRY_MIN_SWEEP: usize = 64;
+
+impl TaskRegistry {
+    pub(crate) fn new(workers: usize) -> TaskRegistry {
+        TaskRegistry {
+            shards: (0..=workers).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Lists a task; `shard` is the spawning worker's index (or anything, from outside).
+    fn insert(&self, shard: usize, task: &Arc<Task>) {
+        let shard = &self.shards[shard % self.shards.len()];
+        let entry = Arc::downgrade(task);
+        let stale = {
+            let mut guard = lock(shard);
+            if guard.entries.len() < guard.compact_at {
+                guard.entries.push(entry);
+                return;
+            }
+            std::mem::take(&mut guard.entries)
+        };
+        // Sweep outside the lock: dropping the temporary handles below may drop a task, and
+        // dropping an unfinished task unwinds its fiber, which may spawn.
+        let kept: Vec<Weak<Task>> = stale
+            .into_iter()
+            .filter(|w| w.upgrade().is_some_and(|t| t.state() != COMPLETE))
+            .collect();
+        let mut guard = lock(shard);
+        guard.entries.extend(kept);
+        guard.entries.push(entry);
+        guard.compact_at = (2 * guard.entries.len()).max(REGISTRY_MIN_SWEEP);
+    }
+
+    /// All unfinished tasks, as strong handles (the caller drops them, outside the locks).
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Task>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let entries = std::mem::take(&mut lock(shard).entries);
+            all.extend(entries.iter().filter_map(Weak::upgrade));
+        }
+        all.retain(|t| t.state() != COMPLETE);
+        all
+    }
+}
+
+/// Suspends the fiber of the calling green thread. Must only be called on a fiber.
+pub(crate) fn suspend_current(reason: Suspend) {
+    let task = context::current_task();
+    assert!(!task.is_null(), "suspend outside a green thread");
+    // SAFETY: `task` is the task running on this thread; its `suspender` was set by the fiber
+    // body (the only writer) before any user code ran, and stays valid while the body runs.
+    let suspender = unsafe { &**(*task).suspender.get() };
+    suspender.suspend(reason);
+}
+
+/// An owned handle to the calling task (like `std::thread::current()`), only inside a green
+/// thread.
+pub(crate) fn current_task_arc() -> Option<Arc<Task>> {
+    let task = context::current_task();
+    if task.is_null() {
+        return None;
+    }
+    // SAFETY: `task` came from `Arc::as_ptr` on an `Arc<Task>` that the resuming worker keeps
+    // alive while the fiber runs; taking one more strong count makes the new `Arc` sound.
+    unsafe {
+        Arc::increment_strong_count(task);
+        Some(Arc::from_raw(task))
+    }
+}
+
+/// A waker for the calling task that does not own a reference count (clones of it do).
+///
+/// A strong waker kept on the fiber's own stack would make the task keep itself alive, so a task
+/// parked forever could never be dropped (and unwound) at shutdown.
+pub(crate) fn current_task_waker_ref() -> Option<ManuallyDrop<Waker>> {
+    let task = context::current_task();
+    if task.is_null() {
+        return None;
+    }
+    // SAFETY: `task` came from `Arc::as_ptr` and the task is alive while its fiber runs (the
+    // resuming worker holds an `Arc`). The `Arc` made here does not own a count, and the
+    // `ManuallyDrop` guarantees it never releases one; the waker is only used on this fiber,
+    // while the task is alive. Its clones go through `Arc`'s own clone and own their counts.
+    let borrowed = unsafe { Arc::from_raw(task) };
+    Some(ManuallyDrop::new(Waker::from(borrowed)))
+}
+
+/// Builds a task and its join handle. The task starts IDLE; the caller schedules it.
+pub(crate) fn new_task<F, T>(
+    shared: &Arc<Shared>,
+    id: u64,
+    registry_shard: usize,
+    stack: crate::fiber::Stack,
+    body: F,
+) -> (Arc<Task>, JoinHandle<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let cell = Arc::new(JoinCell::new());
+    let completer = CompleteOnDrop(Some(cell.clone()));
+    let fiber = TaskFiber::with_stack(stack, move |suspender: &TaskSuspender, ()| {
+        let task = context::current_task();
+        // SAFETY: the worker set `task` to this fiber's task before resuming it; only this fiber
+        // writes `suspender`, before any user code runs.
+        unsafe { *(*task).suspender.get() = suspender as *const TaskSuspender };
+        let mut completer = completer;
+        let result = panic::catch_unwind(AssertUnwindSafe(body));
+        if !context::is_dropping_fiber() {
+            // Counted before the joiner is woken, so a joiner always sees its task counted.
+            crate::runtime::note_completed();
+        }
+        match result {
+            Ok(value) => completer.complete(Ok(value)),
+            Err(payload) if context::is_dropping_fiber() => panic::resume_unwind(payload),
+            Err(payload) => completer.complete(Err(JoinError::panicked(payload))),
+        }
+    });
+    let task = Arc::new(Task {
+        state: AtomicU8::new(IDLE),
+        unpark_token: AtomicBool::new(false),
+        id,
+        shared: shared.clone(),
+        fiber: UnsafeCell::new(Some(fiber)),
+        suspender: UnsafeCell::new(std::ptr::null()),
+    });
+    shared.tasks.insert(registry_shard, &task);
+    let handle = JoinHandle {
+        cell,
+        task: task.clone(),
+        id,
+    };
+    (task, handle)
+}
+
+/// Reports "cancelled" to the joiner if the body never completes (its fiber was dropped).
+struct CompleteOnDrop<T>(Option<Arc<JoinCell<T>>>);
+
+impl<T> CompleteOnDrop<T> {
+    fn complete(&mut self, result: Result<T, JoinError>) {
+        if let Some(cell) = self.0.take() {
+            cell.complete(result);
+        }
+    }
+}
+
+impl<T> Drop for CompleteOnDrop<T> {
+    fn drop(&mut self) {
+        self.complete(Err(JoinError::cancelled()));
+    }
+}
+
+/// The one-shot slot a task's result travels through to its `JoinHandle`, lock-free.
+///
+/// `state` bits: COMPLETE (the result is written), WAKER (the joiner published a waker). Each
+/// slot has one writer at a time: the completer writes `result` once, before setting COMPLETE;
+/// the joiner writes `waker` only while WAKER is clear and publishes it by setting WAKER with a
+/// CAS that fails if COMPLETE got set meanwhile; once the completer sees WAKER in the state it
+/// replaced, the waker is its to take.
+struct JoinCell<T> {
+    state: AtomicU8,
+    result: UnsafeCell<Option<Result<T, JoinError>>>,
+    waker: UnsafeCell<Option<Waker>>,
+}
+
+const JOIN_COMPLETE: u8 = 1;
+const JOIN_WAKER: u8 = 2;
+
+// SAFETY: access to `result` and `waker` follows the single-writer protocol described above,
+// with Release/Acquire on `state` ordering the writes before the reads.
+unsafe impl<T: Send> Sync for JoinCell<T> {}
+// SAFETY: as above; the cell owns a `T` and a `Waker`, both Send.
+unsafe impl<T: Send> Send for JoinCell<T> {}
+
+impl<T> JoinCell<T> {
+    fn new() -> Self {
+        JoinCell {
+            state: AtomicU8::new(0),
+            result: UnsafeCell::new(None),
+            waker: UnsafeCell::new(None),
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.state.load(Ordering::Acquire) & JOIN_COMPLETE != 0
+    }
+
+    /// Called once, by the task (or its drop).
+    fn complete(&self, result: Result<T, JoinError>) {
+        // SAFETY: only the completer writes `result`, once, and the joiner reads it only after
+        // observing COMPLETE, which is set after this write (Release below).
+        unsafe { *self.result.get() = Some(result) };
+        let previous = self.state.fetch_or(JOIN_COMPLETE, Ordering::AcqRel);
+        if previous & JOIN_WAKER != 0 {
+            // SAFETY: WAKER was published, and the joiner never touches the slot again once
+            // COMPLETE is set (its CASes expect COMPLETE clear), so the slot is ours.
+            if let Some(waker) = unsafe { (*self.waker.get()).take() } {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Called by the single joiner (`&mut JoinHandle`).
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        let mut state = self.state.load(Ordering::Acquire);
+        if state & JOIN_COMPLETE == 0 && state & JOIN_WAKER != 0 {
+            // SAFETY: WAKER is set and COMPLETE is not, so the completer has not taken the
+            // slot; reading it to compare is fine because only we write it.
+            let same =
+                unsafe { (*self.waker.get()).as_ref() }.is_some_and(|w| w.will_wake(cx.waker()));
+            if same {
+                return Poll::Pending;
+            }
+            // Take the slot back before rewriting it.
+            match self.state.compare_exchange(
+                state,
+                state & !JOIN_WAKER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => state &= !JOIN_WAKER,
+                Err(actual) => state = actual,
+            }
+        }
+        if state & JOIN_COMPLETE == 0 {
+            // SAFETY: WAKER is clear, so the completer will not touch the slot.
+            unsafe { *self.waker.get() = Some(cx.waker().clone()) };
+            match self.state.compare_exchange(
+                state,
+                state | JOIN_WAKER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Poll::Pending,
+                Err(actual) => state = actual,
+            }
+        }
+        debug_assert!(state & JOIN_COMPLETE != 0);
+        // SAFETY: COMPLETE was observed with Acquire, so the completer's write is visible and
+        // it no longer touches `result`; only the joiner takes it.
+        let result = unsafe { (*self.result.get()).take() };
+        Poll::Ready(result.expect("JoinHandle polled after it returned its result"))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Owned permission to join a task, returned by `spawn`. Dropping it detaches the task.
+///
+/// `join()` parks only the calling fiber inside a green thread and blocks the calling OS thread
+/// elsewhere. A `JoinHandle` is also a `Future`, for async code.
+pub struct JoinHandle<T> {
+    cell: Arc<JoinCell<T>>,
+    /// Keeps a parked task alive while someone may still unpark it through `task()`.
+    task: Arc<Task>,
+    id: u64,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the task and returns its value, or how it failed.
+    pub fn join(self) -> Result<T, JoinError> {
+        crate::block_on(self)
+    }
+
+    /// True once the task's body has returned, panicked or been cancelled.
+    pub fn is_finished(&self) -> bool {
+        self.cell.is_complete()
+    }
+
+    /// A handle to the task, e.g. to `unpark` it.
+    pub fn task(&self) -> TaskHandle {
+        TaskHandle {
+            task: self.task.clone(),
+        }
+    }
+
+    /// The task's id (unique within the process).
+    pub fn id(&self) -> TaskId {
+        TaskId(self.id)
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.cell.poll_join(cx)
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle").field("id", &self.id).finish()
+    }
+}
+
+/// Why a task produced no value.
+pub struct JoinError {
+    panic: Option<Box<dyn Any + Send + 'static>>,
+}
+
+impl JoinError {
+    fn panicked(payload: Box<dyn Any + Send + 'static>) -> Self {
+        JoinError {
+            panic: Some(payload),
+        }
+    }
+
+    fn cancelled() -> Self {
+        JoinError { panic: None }
+    }
+
+    /// The task's body panicked.
+    pub fn is_panic(&self) -> bool {
+        self.panic.is_some()
+    }
+
+    /// The task was dropped before finishing (its runtime shut down while it was parked).
+    pub fn is_cancelled(&self) -> bool {
+        self.panic.is_none()
+    }
+
+    /// The panic payload, to re-raise with `std::panic::resume_unwind`.
+    ///
+    /// # Panics
+    /// If the task was cancelled rather than panicking.
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.panic
+            .expect("JoinError::into_panic on a cancelled task")
+    }
+
+    /// The panic message, when the payload is a string.
+    pub fn panic_message(&self) -> Option<&str> {
+        let payload = self.panic.as_ref()?;
+        payload
+            .downcast_ref::<&'static str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.panic, self.panic_message()) {
+            (Some(_), Some(message)) => write!(f, "task panicked: {message}"),
+            (Some(_), None) => write!(f, "task panicked"),
+            (None, _) => write!(f, "task was cancelled (its runtime shut down)"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// A task's id, unique within the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub(crate) u64);
+
+impl TaskId {
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// A handle to a green thread, to `unpark` it (like `std::thread::Thread`).
+#[derive(Clone)]
+pub struct TaskHandle {
+    task: Arc<Task>,
+}
+
+impl TaskHandle {
+    /// Makes the task's next (or current) `park()` return. Unparking a finished task does nothing.
+    pub fn unpark(&self) {
+        self.task.unpark();
+    }
+
+    pub fn id(&self) -> TaskId {
+        TaskId(self.task.id)
+    }
+
+    /// A waker that makes the task runnable (a spurious wake-up for whatever it waits on).
+    pub fn waker(&self) -> Waker {
+        Waker::from(self.task.clone())
+    }
+
+    /// True once the task's body has finished.
+    pub fn is_finished(&self) -> bool {
+        self.task.state() == COMPLETE
+    }
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.task.id)
+            .finish()
+    }
+}
+
+/// The calling green thread's handle.
+///
+/// # Panics
+/// Outside a green thread.
+pub fn current() -> TaskHandle {
+    try_current().expect("weft_sched::current() called outside a green thread")
+}
+
+/// The calling green thread's handle, or `None` outside green threads.
+pub fn try_current() -> Option<TaskHandle> {
+    current_task_arc().map(|task| TaskHandle { task })
+}
+
+/// True when called from inside a green thread.
+pub fn in_green_thread() -> bool {
+    !context::current_task().is_null()
+}
+
+/// Blocks the calling green thread until its unpark token is available, then consumes it.
+/// An `unpark` that came first makes `park` return at once (like `std::thread::park`, but
+/// without spurious returns).
+///
+/// # Panics
+/// Outside a green thread.
+pub fn park() {
+    assert!(
+        in_green_thread(),
+        "weft_sched::park() called outside a green thread"
+    );
+    // No `Arc` kept on the stack across the suspension (see `current_task_waker_ref`), and the
+    // thread-local is re-read after it, since the fiber may resume on another OS thread.
+    loop {
+        // SAFETY: inside a green thread, `current_task` is the live running task.
+        if unsafe { (*context::current_task()).take_unpark_token() } {
+            return;
+        }
+        suspend_current(Suspend::Park);
+    }
+}
+
+/// Lets the other runnable tasks of this worker run, then continues. Outside green threads,
+/// yields the OS thread.
+pub fn yield_now() {
+    if in_green_thread() {
+        suspend_current(Suspend::Yield);
+    } else {
+        std::thread::yield_now();
+    }
+}

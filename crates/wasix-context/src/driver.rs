@@ -1,0 +1,181 @@
+//! The driver: main's side of a switch. It polls the active context's future until that
+//! context switches back to main, finishes, or waits for something real (then the
+//! driver is `Pending` too, and its own caller's executor wakes it up).
+//!
+//! Only main drives (a guest main inside its `context_switch`, or the host in
+//! [`crate::HostContexts::resume`]); a context switching to another context merely
+//! suspends itself and the driver resumes the target. So contexts nest at most one deep
+//! under main, whatever the switching pattern.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use wasmtime::{AsContextMut, StoreContextMut};
+
+use crate::context_future::{ContextFuture, Owner};
+use crate::{ContextId, EntrypointReturned, GuestBinding, MAIN_CONTEXT, WasixContexts};
+
+pub(crate) struct Driver<'a, T, G>
+where
+    T: Send + 'static,
+    G: Fn(&mut T) -> &mut WasixContexts + Copy,
+{
+    store: StoreContextMut<'a, T>,
+    get: G,
+    guest: GuestBinding,
+    /// The active context and its future, out of the table while it runs (invariant 2 of
+    /// `context_future`).
+    running: Option<(ContextId, ContextFuture)>,
+}
+
+impl<'a, T, G> Driver<'a, T, G>
+where
+    T: Send + 'static,
+    G: Fn(&mut T) -> &mut WasixContexts + Copy,
+{
+    /// Switches from main to `target` (a suspended context, checked by the caller) and
+    /// returns the future that runs contexts until main is switched back to.
+    pub fn start(
+        mut store: StoreContextMut<'a, T>,
+        get: G,
+        target: ContextId,
+    ) -> wasmtime::Result<Self> {
+        let state = get(store.data_mut());
+        let guest = state
+            .guest
+            .expect("a context exists, so the guest was bound when it was created");
+        let main_sp = guest.stack_pointer.get(&mut store);
+        let state = get(store.data_mut());
+        state.main_stack_pointer = main_sp;
+        state.requested_switch = None;
+        state.table.switch(MAIN_CONTEXT, target);
+        let mut driver = Driver {
+            store,
+            get,
+            guest,
+            running: None,
+        };
+        driver.enter(target);
+        Ok(driver)
+    }
+
+    /// Makes `id` (now active in the table) the running context: restores its stack
+    /// pointer and takes out its future, starting its entrypoint on first entry.
+    fn enter(&mut self, id: ContextId) {
+        let state = (self.get)(self.store.data_mut());
+        let owner = Owner::of(state);
+        let slot = state
+            .table
+            .payload_mut(id)
+            .expect("the active context is in the table");
+        let sp = slot.saved_stack_pointer;
+        let future = slot.future.take();
+        let entrypoint = if future.is_none() {
+            slot.entrypoint.take()
+        } else {
+            None
+        };
+        self.guest.stack_pointer.set(&mut self.store, sp);
+        let future = match (future, entrypoint) {
+            (Some(future), _) => future,
+            (None, Some(entrypoint)) => {
+                ContextFuture::start(self.store.as_context_mut(), entrypoint, owner)
+            }
+            (None, None) => unreachable!("a suspended context has its future or its entrypoint"),
+        };
+        self.running = Some((id, future));
+    }
+
+    /// The running context finished or was abandoned: it becomes terminated, its future
+    /// disposed, its region freed, and main's stack pointer is back.
+    fn terminate_running(&mut self) {
+        let running = self.running.take();
+        let state = (self.get)(self.store.data_mut());
+        let owner = Owner::of(state);
+        let id = state.table.terminate_active();
+        if let Some(region) = state
+            .table
+            .payload_mut(id)
+            .and_then(|slot| slot.region.take())
+        {
+            state.shadow_stacks.release(region);
+        }
+        let main_sp = state.main_stack_pointer;
+        self.guest.stack_pointer.set(&mut self.store, main_sp);
+        if let Some((_, future)) = running {
+            // Invariant 1 of `context_future`: we hold the store and leave it alone meanwhile.
+            future.dispose(owner);
+        }
+    }
+}
+
+impl<T, G> Future for Driver<'_, T, G>
+where
+    T: Send + 'static,
+    G: Fn(&mut T) -> &mut WasixContexts + Copy + Unpin,
+{
+    type Output = wasmtime::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let owner = Owner::of((this.get)(this.store.data_mut()));
+            let (id, future) = this
+                .running
+                .as_mut()
+                .expect("a driver is polled only while a context runs");
+            let id = *id;
+            // Invariant 1 of `context_future`: `this.store` is ours and unused while polled.
+            let poll = future.poll(owner, cx);
+            match poll {
+                Poll::Ready(result) => {
+                    this.terminate_running();
+                    return Poll::Ready(Err(match result {
+                        Ok(()) => EntrypointReturned { id }.into(),
+                        Err(trap) => trap,
+                    }));
+                }
+                Poll::Pending => {
+                    let state = (this.get)(this.store.data_mut());
+                    let Some(target) = state.requested_switch.take() else {
+                        // Waiting on something real (I/O, an epoch yield): so are we.
+                        return Poll::Pending;
+                    };
+                    let (_, future) = this.running.take().expect("it was just polled");
+                    let sp = this.guest.stack_pointer.get(&mut this.store);
+                    let state = (this.get)(this.store.data_mut());
+                    let slot = state
+                        .table
+                        .payload_mut(id)
+                        .expect("the running context is in the table");
+                    slot.saved_stack_pointer = sp;
+                    slot.future = Some(future);
+                    state.table.switch(id, target);
+                    if target == MAIN_CONTEXT {
+                        let main_sp = state.main_stack_pointer;
+                        this.guest.stack_pointer.set(&mut this.store, main_sp);
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.enter(target);
+                }
+            }
+        }
+    }
+}
+
+impl<T, G> Drop for Driver<'_, T, G>
+where
+    T: Send + 'static,
+    G: Fn(&mut T) -> &mut WasixContexts + Copy,
+{
+    fn drop(&mut self) {
+        // Dropped while a context still runs (main's call was cancelled, or a panic
+        // unwinds through us): that context can never continue where it was, so it is
+        // terminated and its future disposed here, while we still hold the store
+        // (invariant 3 of `context_future`).
+        if self.running.is_some() {
+            self.terminate_running();
+        }
+    }
+}

@@ -1,0 +1,634 @@
+#![doc = include_str!("../README.md")]
+
+mod context_future;
+mod driver;
+mod host_stacks;
+mod shadow_stack;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use wasmtime::{
+    AsContextMut, Caller, Extern, ExternType, Instance, Linker, Memory, Module, Ref, RefType,
+    StoreContextMut, Table, TypedFunc,
+};
+
+pub use context_future::MovedState;
+use context_future::{ContextFuture, Owner};
+use driver::Driver;
+pub use host_stacks::PooledStacks;
+use shadow_stack::{Region, ShadowStacks, StackPointer};
+pub use table::ContextState;
+use table::{ContextTable, SwitchPlan};
+
+/// A context id as the guest sees it.
+pub type ContextId = u64;
+
+/// The main context's id (`wasix_context_main` in wasix-libc).
+pub const MAIN_CONTEXT: ContextId = 0;
+
+/// The import module of the wasm32 API.
+pub const IMPORT_MODULE: &str = "wasix_32v1";
+
+/// The WASI errnos this API returns to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[repr(i32)]
+pub enum Errno {
+    /// The limit of live contexts ([`ContextConfig::max_contexts`]) is reached.
+    #[error("too many live contexts (EAGAIN)")]
+    Again = 6,
+    /// A pointer the guest passed is outside its memory.
+    #[error("bad address (EFAULT)")]
+    Fault = 21,
+    /// Bad entrypoint (table index, null slot, signature), or a context in the wrong state.
+    #[error("invalid argument (EINVAL)")]
+    Inval = 28,
+    /// The guest's memory cannot grow to hold a new context's shadow stack.
+    #[error("out of memory for the context's shadow stack (ENOMEM)")]
+    Nomem = 48,
+}
+
+impl Errno {
+    pub fn raw(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Why a guest cannot use the context API safely. Reported by [`check_module`] at load time
+/// and, at the latest, as a trap at the guest's first `context_create`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IncompatibleGuest {
+    #[error(
+        "the guest does not export its `__stack_pointer` global, which weft needs to give each \
+         WASIX context its own shadow stack; link it with `-Wl,--export=__stack_pointer` \
+         (`cargo xtask cc` does)"
+    )]
+    MissingStackPointer,
+    #[error("the guest exports `__stack_pointer`, but not as a mutable i32 global")]
+    BadStackPointer,
+    #[error("the guest does not export its linear memory as `memory`")]
+    MissingMemory,
+    #[error(
+        "the guest does not export a funcref table `__indirect_function_table`, which context \
+         entrypoints index; link it with `-Wl,--export-table` (`cargo xtask cc` does)"
+    )]
+    MissingTable,
+    #[error(
+        "this store's WASIX contexts already belong to another instance; give each instance \
+         that uses contexts its own store"
+    )]
+    ForeignInstance,
+}
+
+/// The trap main receives when a context's entrypoint returns (entrypoints must switch away,
+/// never return). `weft run` exits with status 129 on it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("WASIX context {id} returned from its entrypoint (entrypoints must never return)")]
+pub struct EntrypointReturned {
+    pub id: ContextId,
+}
+
+/// Why the host could not start or resume a context.
+#[derive(Debug, thiserror::Error)]
+pub enum HostCallError {
+    #[error(transparent)]
+    Incompatible(#[from] IncompatibleGuest),
+    #[error("the guest has no export `{0}` of type [] -> []")]
+    NoSuchEntrypoint(String),
+    #[error(transparent)]
+    Errno(#[from] Errno),
+    #[error("a context is already running; the host can only resume from the main context")]
+    Busy,
+    #[error(transparent)]
+    Moved(#[from] MovedState),
+}
+
+/// Limits of one instance's contexts.
+#[derive(Clone, Debug)]
+pub struct ContextConfig {
+    /// Live contexts (suspended or terminated but not yet destroyed) per instance, main
+    /// not counted. `context_create` beyond it fails with `EAGAIN`.
+    pub max_contexts: usize,
+    /// Bytes of linear memory given to each context as its C shadow stack.
+    pub shadow_stack_size: usize,
+    /// Bytes of native stack wasm frames may use in each context (and in main): wasmtime's
+    /// `max_wasm_stack`. Each stack gets [`HOST_STACK_HEADROOM`] more for the host functions
+    /// (WASI) the guest calls, so a deep guest traps cleanly instead of leaving host code no
+    /// room. Engine settings: apply them with [`ContextConfig::configure_engine`].
+    pub stack_size: usize,
+    /// Take context stacks from a weft-fiber [`StackPool`](weft_fiber::StackPool) that
+    /// recycles them ([`PooledStacks`]) instead of wasmtime mapping one per context (an
+    /// engine setting too).
+    pub pooled_stacks: bool,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            max_contexts: 16 * 1024,
+            shadow_stack_size: 64 * 1024,
+            stack_size: 512 * 1024,
+            pooled_stacks: true,
+        }
+    }
+}
+
+/// Native stack kept above the wasm budget of each stack for host functions (wasmtime's own
+/// default keeps 1.5 MiB; WASI preview 1 calls need far less). Untouched pages cost no memory.
+pub const HOST_STACK_HEADROOM: usize = 512 * 1024;
+
+/// The smallest wasm stack budget [`ContextConfig::configure_engine`] applies.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+
+impl ContextConfig {
+    /// Applies `stack_size` (plus [`HOST_STACK_HEADROOM`]) and `pooled_stacks` to an engine
+    /// configuration.
+    pub fn configure_engine(&self, config: &mut wasmtime::Config) {
+        let wasm_stack = self.stack_size.max(MIN_STACK_SIZE);
+        let stack = wasm_stack + HOST_STACK_HEADROOM;
+        config.async_stack_size(stack);
+        config.max_wasm_stack(wasm_stack);
+        if self.pooled_stacks {
+            config.with_host_stack(PooledStacks::new(stack, self.max_contexts.min(1024)));
+        }
+    }
+}
+
+/// Checks, before instantiating, that a guest importing the context API exports what the
+/// host-managed shadow stacks need. Guests that do not import the API always pass.
+pub fn check_module(module: &Module) -> Result<(), IncompatibleGuest> {
+    if !module
+        .imports()
+        .any(|import| import.module() == IMPORT_MODULE)
+    {
+        return Ok(());
+    }
+    let export = |name: &str| module.exports().find(|e| e.name() == name).map(|e| e.ty());
+    match export("__stack_pointer") {
+        None => return Err(IncompatibleGuest::MissingStackPointer),
+        Some(ExternType::Global(global))
+            if global.mutability() == wasmtime::Mutability::Var
+                && matches!(global.content(), wasmtime::ValType::I32) => {}
+        Some(_) => return Err(IncompatibleGuest::BadStackPointer),
+    }
+    if !matches!(export("memory"), Some(ExternType::Memory(_))) {
+        return Err(IncompatibleGuest::MissingMemory);
+    }
+    match export("__indirect_function_table") {
+        Some(ExternType::Table(table)) if table.element().matches(&RefType::FUNCREF) => Ok(()),
+        _ => Err(IncompatibleGuest::MissingTable),
+    }
+}
+
+/// The exports of the instance whose contexts this state manages.
+#[derive(Clone, Copy, Debug)]
+struct GuestBinding {
+    memory: Memory,
+    table: Table,
+    stack_pointer: StackPointer,
+}
+
+impl GuestBinding {
+    /// Checks the exports the shadow stacks and entrypoints need.
+    fn from_exports(
+        store: impl AsContextMut,
+        stack_pointer: Option<Extern>,
+        memory: Option<Extern>,
+        table: Option<Extern>,
+    ) -> Result<Self, IncompatibleGuest> {
+        let stack_pointer = StackPointer::new(&store, stack_pointer.and_then(Extern::into_global))?;
+        let memory = memory
+            .and_then(Extern::into_memory)
+            .ok_or(IncompatibleGuest::MissingMemory)?;
+        let table = table
+            .and_then(Extern::into_table)
+            .filter(|table| table.ty(&store).element().matches(&RefType::FUNCREF))
+            .ok_or(IncompatibleGuest::MissingTable)?;
+        Ok(GuestBinding {
+            memory,
+            table,
+            stack_pointer,
+        })
+    }
+}
+
+/// The guest binding of the store's instance, looked up (and checked) on first use. Later
+/// calls only check that they come from that same instance (its memory).
+fn binding<T, S>(
+    store: &mut S,
+    get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
+    mut export: impl FnMut(&mut S, &str) -> Option<Extern>,
+) -> Result<GuestBinding, IncompatibleGuest>
+where
+    T: Send + 'static,
+    S: AsContextMut<Data = T>,
+{
+    let memory = export(store, "memory");
+    if let Some(guest) = get(store.as_context_mut().data_mut()).guest {
+        let bound = guest.memory.data_ptr(&*store);
+        return match memory.and_then(Extern::into_memory) {
+            Some(memory) if memory.data_ptr(&*store) == bound => Ok(guest),
+            _ => Err(IncompatibleGuest::ForeignInstance),
+        };
+    }
+    let stack_pointer = export(store, "__stack_pointer");
+    let table = export(store, "__indirect_function_table");
+    let guest = GuestBinding::from_exports(&mut *store, stack_pointer, memory, table)?;
+    let mut store = store.as_context_mut();
+    let state = get(store.data_mut());
+    state.guest = Some(guest);
+    state.home = Some(Owner::of(state));
+    Ok(guest)
+}
+
+/// What the table keeps per context.
+struct Slot {
+    /// Taken when the context first runs (cloning a `TypedFunc` costs a type-registry
+    /// round trip, too much for every switch).
+    entrypoint: Option<TypedFunc<(), ()>>,
+    /// `None` until first resumed, and while the context runs (its driver holds it).
+    future: Option<ContextFuture>,
+    saved_stack_pointer: u32,
+    /// Released when the context terminates.
+    region: Option<Region>,
+}
+
+/// The per-store state of the context API. Put one in your store's data and hand
+/// [`add_to_linker`] an accessor to it.
+pub struct WasixContexts {
+    table: ContextTable<Slot>,
+    shadow_stacks: ShadowStacks,
+    guest: Option<GuestBinding>,
+    /// Main's `__stack_pointer` while another context runs.
+    main_stack_pointer: u32,
+    /// Set by a non-main context's `context_switch` just before it suspends.
+    requested_switch: Option<ContextId>,
+    /// Where this state sat in its store's data when it bound its instance: every entry
+    /// point refuses to run elsewhere (invariant 5 of `context_future`).
+    home: Option<Owner>,
+}
+
+impl WasixContexts {
+    pub fn new(config: ContextConfig) -> Self {
+        WasixContexts {
+            table: ContextTable::new(config.max_contexts),
+            shadow_stacks: ShadowStacks::new(config.shadow_stack_size),
+            guest: None,
+            main_stack_pointer: 0,
+            requested_switch: None,
+            home: None,
+        }
+    }
+
+    /// `MovedState` if this state was moved away from the store data it was bound in.
+    fn check_home(&self) -> Result<(), MovedState> {
+        match self.home {
+            Some(home) if home != Owner::of(self) => Err(MovedState),
+            _ => Ok(()),
+        }
+    }
+
+    /// The active context (main when no context runs).
+    pub fn active(&self) -> ContextId {
+        self.table.active()
+    }
+
+    /// Contexts created and not yet destroyed (main not counted).
+    pub fn live_contexts(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The state of `id`; `None` once destroyed or if it never existed.
+    pub fn state(&self, id: ContextId) -> Option<ContextState> {
+        self.table.state(id)
+    }
+
+    /// Removes every context and releases its region and its call stack. The caller holds
+    /// the store and leaves it alone meanwhile (invariant 1 of `context_future`).
+    fn release_everything(&mut self) {
+        self.requested_switch = None;
+        let owner = Owner::of(self);
+        let mut futures = Vec::new();
+        for slot in self.table.drain() {
+            if let Some(region) = slot.region {
+                self.shadow_stacks.release(region);
+            }
+            futures.extend(slot.future);
+        }
+        for future in futures {
+            future.dispose(owner);
+        }
+    }
+}
+
+impl Default for WasixContexts {
+    fn default() -> Self {
+        WasixContexts::new(ContextConfig::default())
+    }
+}
+
+impl Drop for WasixContexts {
+    fn drop(&mut self) {
+        // Invariant 3 of `context_future`: the last-resort path, while the store drops its
+        // data (the store itself is still whole). Disposing resumes each fiber once; a state
+        // moved out of its store leaks them instead (invariant 5).
+        self.release_everything();
+    }
+}
+
+/// Adds `wasix_32v1.context_create`, `context_switch` and `context_destroy` to `linker`.
+/// `get` projects the store data to its [`WasixContexts`]. Guests must be entered with
+/// `call_async` (`context_switch` is an async host function).
+pub fn add_to_linker<T, G>(linker: &mut Linker<T>, get: G) -> wasmtime::Result<()>
+where
+    T: Send + 'static,
+    G: Fn(&mut T) -> &mut WasixContexts + Copy + Send + Sync + Unpin + 'static,
+{
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "context_create",
+        move |mut caller: Caller<'_, T>, new_context_ptr: i32, entrypoint: i32| {
+            context_create(&mut caller, get, new_context_ptr as u32, entrypoint as u32)
+        },
+    )?;
+    linker.func_wrap_async(
+        IMPORT_MODULE,
+        "context_switch",
+        move |caller: Caller<'_, T>, (target,): (i64,)| {
+            Box::new(context_switch(caller, get, target as u64))
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "context_destroy",
+        move |mut caller: Caller<'_, T>, id: i64| -> wasmtime::Result<i32> {
+            get(caller.data_mut()).check_home()?;
+            Ok(errno_result(destroy(&mut caller, get, id as u64)))
+        },
+    )?;
+    Ok(())
+}
+
+fn errno_result(result: Result<(), Errno>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(errno) => errno.raw(),
+    }
+}
+
+fn context_create<T: Send + 'static>(
+    caller: &mut Caller<'_, T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
+    new_context_ptr: u32,
+    entrypoint: u32,
+) -> wasmtime::Result<i32> {
+    get(caller.data_mut()).check_home()?;
+    // An incompatible guest traps here, with the reason, instead of corrupting memory.
+    let guest = binding(caller, get, |caller, name| caller.get_export(name))?;
+    let mut store = caller.as_context_mut();
+    let result = create_inner(
+        &mut store,
+        get,
+        guest,
+        Some(new_context_ptr),
+        |store| match guest.table.get(store, u64::from(entrypoint)) {
+            Some(Ref::Func(Some(func))) => Some(func),
+            _ => None,
+        },
+    );
+    Ok(errno_result(result.map(|_| ())))
+}
+
+/// Creates a suspended context running the function `resolve` finds; writes its id at
+/// `new_context_ptr` when the guest asked (host calls get it returned).
+fn create_inner<T: Send + 'static>(
+    store: &mut StoreContextMut<'_, T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
+    guest: GuestBinding,
+    new_context_ptr: Option<u32>,
+    resolve: impl FnOnce(&mut StoreContextMut<'_, T>) -> Option<wasmtime::Func>,
+) -> Result<ContextId, Errno> {
+    let func = resolve(store).ok_or(Errno::Inval)?;
+    let entrypoint = func.typed::<(), ()>(&*store).map_err(|_| Errno::Inval)?;
+    if let Some(ptr) = new_context_ptr {
+        let end = u64::from(ptr) + 8;
+        if end > guest.memory.data_size(&*store) as u64 {
+            return Err(Errno::Fault);
+        }
+    }
+    // Argument errors first, then the resource limit, as POSIX calls do.
+    get(store.data_mut()).table.check_capacity()?;
+    let mut shadow_stacks = std::mem::replace(
+        &mut get(store.data_mut()).shadow_stacks,
+        ShadowStacks::new(0),
+    );
+    let region = shadow_stacks.allocate(&mut *store, guest.memory);
+    let state = get(store.data_mut());
+    state.shadow_stacks = shadow_stacks;
+    let region = region?;
+    let id = state.table.insert(Slot {
+        entrypoint: Some(entrypoint),
+        future: None,
+        saved_stack_pointer: state.shadow_stacks.top(region),
+        region: Some(region),
+    });
+    if let Some(ptr) = new_context_ptr {
+        guest
+            .memory
+            .write(&mut *store, ptr as usize, &id.to_le_bytes())
+            .expect("bounds were checked above and memory never shrinks");
+    }
+    Ok(id)
+}
+
+async fn context_switch<T: Send + 'static, G>(
+    mut caller: Caller<'_, T>,
+    get: G,
+    target: ContextId,
+) -> wasmtime::Result<i32>
+where
+    G: Fn(&mut T) -> &mut WasixContexts + Copy + Send + Sync + Unpin + 'static,
+{
+    let state = get(caller.data_mut());
+    state.check_home()?;
+    let (from, to) = match state.table.plan_switch(target) {
+        Err(errno) => return Ok(errno.raw()),
+        Ok(SwitchPlan::NoOp) => return Ok(0),
+        Ok(SwitchPlan::Switch { from, to }) => (from, to),
+    };
+    if from == MAIN_CONTEXT {
+        // Main drives: it runs the other contexts until one switches back to it.
+        Driver::start(caller.as_context_mut(), get, to)?.await?;
+        Ok(0)
+    } else {
+        // A context suspends itself; the driver polling it sees the request and resumes
+        // the target (saving and restoring the stack pointers).
+        state.requested_switch = Some(to);
+        SuspendOnce { suspended: false }.await;
+        Ok(0)
+    }
+}
+
+/// Pending exactly once: suspends the calling context's fiber so its driver can switch.
+struct SuspendOnce {
+    suspended: bool,
+}
+
+impl Future for SuspendOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if std::mem::replace(&mut self.suspended, true) {
+            Poll::Ready(())
+        } else {
+            // No wake-up needed: the driver acts on the request in the same poll.
+            Poll::Pending
+        }
+    }
+}
+
+fn destroy<T: Send + 'static>(
+    store: &mut impl AsContextMut<Data = T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
+    id: ContextId,
+) -> Result<(), Errno> {
+    let mut store = store.as_context_mut();
+    let state = get(store.data_mut());
+    let Some(slot) = state.table.destroy(id)? else {
+        return Ok(());
+    };
+    if let Some(region) = slot.region {
+        state.shadow_stacks.release(region);
+    }
+    if let Some(future) = slot.future {
+        // Invariant 1 of `context_future`: we hold the store (through `store`) and do not
+        // use it while the fiber is disposed.
+        future.dispose(Owner::of(state));
+    }
+    Ok(())
+}
+
+/// Host-side control of an instance's contexts, for embedders that run guest code as
+/// contexts themselves (e.g. one context per request of a reused instance, with no guest
+/// `main` running). The host plays the main context: a context that switches to
+/// [`MAIN_CONTEXT`] returns control to the host's [`resume`](Self::resume).
+pub struct HostContexts<G> {
+    get: G,
+}
+
+/// How a host-driven [`HostContexts::resume`] ended (a trap is the `Err` case, after which
+/// the context is terminated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// The context switched to main: it is suspended and can be resumed again.
+    SwitchedToMain,
+    /// The entrypoint returned: the context is terminated; destroy it to free its id.
+    Returned,
+}
+
+impl<G> HostContexts<G> {
+    pub fn new(get: G) -> Self {
+        HostContexts { get }
+    }
+
+    /// Creates a suspended context that will run `instance`'s export `entrypoint`
+    /// (type `[] -> []`). Fails like `context_create` (limit, shadow-stack memory).
+    pub fn spawn<T>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        instance: &Instance,
+        entrypoint: &str,
+    ) -> Result<ContextId, HostCallError>
+    where
+        T: Send + 'static,
+        G: Fn(&mut T) -> &mut WasixContexts + Copy,
+    {
+        let mut store = store.as_context_mut();
+        (self.get)(store.data_mut()).check_home()?;
+        let guest = bind_instance(&mut store, self.get, instance)?;
+        let func = instance
+            .get_func(&mut store, entrypoint)
+            .filter(|func| func.typed::<(), ()>(&store).is_ok())
+            .ok_or_else(|| HostCallError::NoSuchEntrypoint(entrypoint.to_string()))?;
+        Ok(create_inner(&mut store, self.get, guest, None, |_| {
+            Some(func)
+        })?)
+    }
+
+    /// Runs context `id` until it switches to main, returns, or traps.
+    pub async fn resume<T>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        id: ContextId,
+    ) -> wasmtime::Result<Resumed>
+    where
+        T: Send + 'static,
+        G: Fn(&mut T) -> &mut WasixContexts + Copy + Send + Sync + Unpin + 'static,
+    {
+        let mut store = store.as_context_mut();
+        let state = (self.get)(store.data_mut());
+        state.check_home()?;
+        if state.table.active() != MAIN_CONTEXT {
+            return Err(HostCallError::Busy.into());
+        }
+        match state.table.plan_switch(id).map_err(HostCallError::from)? {
+            SwitchPlan::NoOp => Err(HostCallError::Errno(Errno::Inval).into()),
+            SwitchPlan::Switch { to, .. } => match Driver::start(store, self.get, to)?.await {
+                Ok(()) => Ok(Resumed::SwitchedToMain),
+                Err(error) if error.downcast_ref::<EntrypointReturned>().is_some() => {
+                    Ok(Resumed::Returned)
+                }
+                Err(error) => Err(error),
+            },
+        }
+    }
+
+    /// Destroys a suspended or terminated context, as `context_destroy` does.
+    pub fn destroy<T>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        id: ContextId,
+    ) -> Result<(), HostCallError>
+    where
+        T: Send + 'static,
+        G: Fn(&mut T) -> &mut WasixContexts + Copy,
+    {
+        let mut store = store.as_context_mut();
+        (self.get)(store.data_mut()).check_home()?;
+        Ok(destroy(&mut store, self.get, id)?)
+    }
+
+    /// Destroys every context (running nothing): call it when the guest's main returned,
+    /// trapped or exited, before reusing or dropping the store. Dropping the store does
+    /// this too, as a last resort. `Busy` while a context runs (from inside a guest call).
+    pub fn release_all<T>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+    ) -> Result<(), HostCallError>
+    where
+        T: Send + 'static,
+        G: Fn(&mut T) -> &mut WasixContexts + Copy,
+    {
+        let mut store = store.as_context_mut();
+        let state = (self.get)(store.data_mut());
+        if state.table.active() != MAIN_CONTEXT {
+            return Err(HostCallError::Busy);
+        }
+        // Invariant 1 of `context_future`: `store` is held and unused while they drop.
+        state.release_everything();
+        Ok(())
+    }
+}
+
+fn bind_instance<T: Send + 'static>(
+    store: &mut StoreContextMut<'_, T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
+    instance: &Instance,
+) -> Result<GuestBinding, IncompatibleGuest> {
+    binding(store, get, |store, name| {
+        instance.get_export(&mut *store, name)
+    })
+}
