@@ -88,6 +88,7 @@ fn create_pooled() {
     let pool = StackPool::new(PoolConfig {
         stack_size: 64 * 1024,
         max_cached: 16,
+        ..PoolConfig::default()
     });
     let weft_ns = measure(N, |n| {
         for i in 0..n {

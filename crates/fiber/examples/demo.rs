@@ -84,6 +84,7 @@ fn main() {
     let pool = StackPool::new(PoolConfig {
         stack_size: 16 * 1024,
         max_cached: 10_000,
+        ..PoolConfig::default()
     });
     let mut crowd: Vec<Fiber<u64, u64, u64>> = (0..10_000u64)
         .map(|id| {
@@ -104,7 +105,7 @@ fn main() {
     drop(crowd);
     println!(
         "crowd:      10000 fibers suspended at once (sum of yields {yielded}, of returns {returned}); \
-         the pool kept {} stacks for reuse and unmapped those that sat idle a whole trim window",
+         {} stacks back in the pool for the next burst",
         pool.cached()
     );
 }

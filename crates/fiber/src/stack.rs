@@ -6,7 +6,8 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -171,7 +172,6 @@ fn unmap(base: *mut u8, len: usize) {
 }
 
 pub(crate) fn page_size() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     static PAGE: AtomicUsize = AtomicUsize::new(0);
     match PAGE.load(Ordering::Relaxed) {
         0 => {
@@ -202,6 +202,15 @@ pub struct PoolConfig {
     pub stack_size: usize,
     /// Most stacks kept for reuse; stacks returned beyond it are unmapped.
     pub max_cached: usize,
+    /// Self-trim: a cached stack that stayed unused for at least this long
+    /// (and through a whole [`TRIM_WINDOW`] of returns) may be unmapped.
+    /// `None` turns self-trimming off ([`StackPool::trim`] still works).
+    pub trim_after: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// The default self-trim delay.
+    pub const DEFAULT_TRIM_AFTER: Duration = Duration::from_secs(1);
 }
 
 impl Default for PoolConfig {
@@ -209,6 +218,7 @@ impl Default for PoolConfig {
         PoolConfig {
             stack_size: Stack::DEFAULT_SIZE,
             max_cached: 1024,
+            trim_after: Some(Self::DEFAULT_TRIM_AFTER),
         }
     }
 }
@@ -241,6 +251,9 @@ struct PoolShared {
     /// and stores: under races the trim is approximate, never unsafe.
     low_water: AtomicUsize,
     returns_in_window: AtomicUsize,
+    /// When the pool was made: the clock of `window_start_nanos`.
+    created: Instant,
+    window_start_nanos: AtomicU64,
 }
 
 impl StackPool {
@@ -256,10 +269,13 @@ impl StackPool {
                 config: PoolConfig {
                     stack_size,
                     max_cached,
+                    ..config
                 },
                 cache: ArrayQueue::new(max_cached),
                 low_water: AtomicUsize::new(0),
                 returns_in_window: AtomicUsize::new(0),
+                created: Instant::now(),
+                window_start_nanos: AtomicU64::new(0),
             }),
         }
     }
@@ -356,13 +372,24 @@ impl PoolShared {
 
     /// Counts one stack return (to a spare or to the cache); at the end of a
     /// window, unmaps half of the cached stacks that stayed idle all along.
+    /// The clock is read once per [`TRIM_WINDOW`] returns, off the hot path.
     fn count_return(&self) {
+        let Some(trim_after) = self.config.trim_after else {
+            return;
+        };
         let returns = self.returns_in_window.load(Ordering::Relaxed) + 1;
         if returns < TRIM_WINDOW {
             self.returns_in_window.store(returns, Ordering::Relaxed);
             return;
         }
         self.returns_in_window.store(0, Ordering::Relaxed);
+        let now = self.created.elapsed().as_nanos() as u64;
+        let window_start = self.window_start_nanos.load(Ordering::Relaxed);
+        if now.saturating_sub(window_start) < trim_after.as_nanos() as u64 {
+            // Too soon: the window (and its low-water mark) goes on.
+            return;
+        }
+        self.window_start_nanos.store(now, Ordering::Relaxed);
         let idle = self.low_water.load(Ordering::Relaxed).min(self.cache.len());
         for _ in 0..idle / 2 {
             match self.cache.pop() {
@@ -417,6 +444,7 @@ mod tests {
         let pool = StackPool::new(PoolConfig {
             stack_size: 64 * 1024,
             max_cached: 2,
+            ..PoolConfig::default()
         });
         let a = pool.take().unwrap();
         let a_range = a.range();
@@ -444,6 +472,7 @@ mod tests {
         let pool = StackPool::new(PoolConfig {
             stack_size: 16 * 1024,
             max_cached: 8,
+            ..PoolConfig::default()
         });
         let worker_pool = pool.clone();
         std::thread::spawn(move || {
@@ -469,12 +498,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pool_trims_stacks_idle_for_a_whole_window() {
-        let pool = StackPool::new(PoolConfig {
-            stack_size: 16 * 1024,
-            max_cached: 64,
-        });
+    fn burst_then_steady_use(pool: &StackPool) {
         let burst: Vec<Stack> = (0..64).map(|_| pool.take().unwrap()).collect();
         drop(burst);
         assert_eq!(pool.cached(), 64);
@@ -482,11 +506,48 @@ mod tests {
         for _ in 0..(8 * TRIM_WINDOW) {
             drop(pool.take().unwrap());
         }
+    }
+
+    #[test]
+    fn pool_trims_stacks_idle_for_a_whole_window() {
+        let pool = StackPool::new(PoolConfig {
+            stack_size: 16 * 1024,
+            max_cached: 64,
+            trim_after: Some(Duration::ZERO),
+        });
+        burst_then_steady_use(&pool);
         assert!(
             pool.cached() < 16,
             "idle stacks were not trimmed: {}",
             pool.cached()
         );
         assert!(pool.cached() >= 1, "the stack in use stays cached");
+    }
+
+    /// Regression (found by weft-sched's 10k-sleepers bench): windows used to
+    /// be counted in returns only, so a burst of returns trimmed stacks that
+    /// had been idle for microseconds, and the next burst mapped them again.
+    #[test]
+    fn a_burst_is_kept_until_trim_after_has_passed() {
+        let pool = StackPool::new(PoolConfig {
+            stack_size: 16 * 1024,
+            max_cached: 64,
+            trim_after: Some(Duration::from_secs(3600)),
+        });
+        burst_then_steady_use(&pool);
+        assert_eq!(pool.cached(), 64);
+    }
+
+    #[test]
+    fn self_trim_can_be_turned_off() {
+        let pool = StackPool::new(PoolConfig {
+            stack_size: 16 * 1024,
+            max_cached: 64,
+            trim_after: None,
+        });
+        burst_then_steady_use(&pool);
+        assert_eq!(pool.cached(), 64);
+        pool.trim();
+        assert_eq!(pool.cached(), 0);
     }
 }

@@ -180,6 +180,7 @@ fn pooled_stacks_are_reused_by_later_fibers() {
     let pool = StackPool::new(PoolConfig {
         stack_size: 32 * 1024,
         max_cached: 4,
+        ..PoolConfig::default()
     });
     let first = {
         let mut fiber = Fiber::with_stack(pool.take().unwrap(), |_: &Suspender, ()| 1);

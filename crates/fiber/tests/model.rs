@@ -184,7 +184,7 @@ proptest! {
     #[test]
     fn pooled_fibers_match_the_model(ops in proptest::collection::vec(op(), 1..200)) {
         quiet_panics();
-        let pool = StackPool::new(PoolConfig { stack_size: 32 * 1024, max_cached: 8 });
+        let pool = StackPool::new(PoolConfig { stack_size: 32 * 1024, max_cached: 8, ..PoolConfig::default() });
         run(ops, Some(pool));
     }
 }

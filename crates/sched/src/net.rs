@@ -25,12 +25,17 @@ struct Registered<S: Source> {
 }
 
 impl<S: Source> Registered<S> {
-    fn new(mut source: S) -> io::Result<Self> {
+    /// Registers with the current runtime.
+    fn new(source: S) -> io::Result<Self> {
         let shared = context::current_shared().ok_or_else(|| {
             io::Error::other(
                 "weft-sched I/O needs a runtime: use it from a green thread or inside Runtime::enter",
             )
         })?;
+        Registered::on(shared, source)
+    }
+
+    fn on(shared: Arc<Shared>, mut source: S) -> io::Result<Self> {
         let (token, io) = shared.io.register(&mut source)?;
         shared.ensure_driver_watch();
         Ok(Registered {
@@ -53,6 +58,7 @@ impl<S: Source> Registered<S> {
             match op(&self.source) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.io.clear(seen, dir);
+                    self.check_running()?;
                     crate::block_on(poll_fn(|cx| self.io.poll_ready(cx, dir)));
                 }
                 result => return result,
@@ -69,10 +75,23 @@ impl<S: Source> Registered<S> {
         loop {
             let event = ready!(self.io.poll_ready(cx, dir));
             match op(&self.source) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.clear(event, dir),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.io.clear(event, dir);
+                    self.check_running()?;
+                }
                 result => return Poll::Ready(result),
             }
         }
+    }
+
+    /// Nobody polls a shut-down runtime's reactor: waiting on it would never end.
+    fn check_running(&self) -> io::Result<()> {
+        if self.shared.is_shutdown() {
+            return Err(io::Error::other(
+                "the weft-sched runtime of this socket has shut down",
+            ));
+        }
+        Ok(())
     }
 
     fn wait(&self, dir: Direction) {
@@ -117,12 +136,19 @@ impl TcpListener {
     /// Waits for a connection (parking only the green thread).
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, addr) = self.inner.blocking(Direction::Read, |l| l.accept())?;
-        Ok((TcpStream::from_mio(stream)?, addr))
+        Ok((self.adopt(stream)?, addr))
     }
 
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
         let (stream, addr) = ready!(self.inner.poll_op(cx, Direction::Read, |l| l.accept()))?;
-        Poll::Ready(TcpStream::from_mio(stream).map(|s| (s, addr)))
+        Poll::Ready(self.adopt(stream).map(|s| (s, addr)))
+    }
+
+    /// Accepted connections belong to the listener's runtime, whichever thread accepts.
+    fn adopt(&self, stream: mio::net::TcpStream) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            inner: Registered::on(self.inner.shared.clone(), stream)?,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

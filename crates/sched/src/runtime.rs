@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use crossbeam_utils::CachePadded;
 use crate::context;
 use crate::driver::{self, Driver, IoRegistry};
 use crate::fiber::{PoolConfig, StackPool};
-use crate::preempt::Ticker;
+use crate::preempt::{Ticker, TickerState};
 use crate::task::{self, JoinHandle, Suspend, Task, TaskRegistry};
 use crate::timer::Timers;
 
@@ -171,12 +171,14 @@ impl Builder {
             pool: StackPool::new(PoolConfig {
                 stack_size: self.stack_size,
                 max_cached: self.max_cached_stacks,
+                ..PoolConfig::default()
             }),
             shutdown: AtomicBool::new(false),
             counters: (0..=n)
                 .map(|_| CachePadded::new(Counters::default()))
                 .collect(),
             preempt_epoch: AtomicU64::new(0),
+            ticker: OnceLock::new(),
             budget: self.budget,
             num_workers: n,
         });
@@ -199,7 +201,15 @@ impl Builder {
             Some(interval) => {
                 let ticker_shared = Arc::downgrade(&shared);
                 let hooks = self.tick_hooks;
-                let started = Ticker::start(interval, move || {
+                let idle_shared = Arc::downgrade(&shared);
+                // With every worker asleep there is nothing to preempt: the ticker pauses
+                // instead of waking up the machine every interval.
+                let all_asleep = move || {
+                    idle_shared
+                        .upgrade()
+                        .is_some_and(|s| s.num_sleeping.load(Ordering::SeqCst) == s.num_workers)
+                };
+                let started = Ticker::start_pausable(interval, all_asleep, move || {
                     if let Some(shared) = ticker_shared.upgrade() {
                         shared.preempt_epoch.fetch_add(1, Ordering::Relaxed);
                         // Backstop: a timer overdue while no idle worker watches the driver
@@ -213,7 +223,10 @@ impl Builder {
                     }
                 });
                 match started {
-                    Ok(ticker) => Some(ticker),
+                    Ok(ticker) => {
+                        let _ = shared.ticker.set(ticker.state().clone());
+                        Some(ticker)
+                    }
                     Err(e) => {
                         shutdown(&shared, threads);
                         return Err(e);
@@ -318,6 +331,8 @@ pub(crate) struct Shared {
     /// One per worker, plus one for threads outside the runtime.
     counters: Box<[CachePadded<Counters>]>,
     pub(crate) preempt_epoch: AtomicU64,
+    /// The preemption ticker, which pauses while every worker sleeps.
+    ticker: OnceLock<Arc<TickerState>>,
     budget: u32,
     num_workers: usize,
 }
@@ -447,7 +462,7 @@ impl Shared {
         m
     }
 
-    fn is_shutdown(&self) -> bool {
+    pub(crate) fn is_shutdown(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
 
@@ -729,9 +744,18 @@ impl WorkerLocal {
         fence(Ordering::SeqCst);
         if self.has_work() {
             self.unregister_sleeper();
-            return;
+        } else {
+            bump(&self.counters().parks, 1);
+            self.block();
         }
-        bump(&self.counters().parks, 1);
+        // The ticker may have paused while this worker counted as asleep.
+        if let Some(ticker) = shared.ticker.get() {
+            ticker.resume_if_paused();
+        }
+    }
+
+    fn block(&self) {
+        let shared = &self.shared;
         let parker = &shared.parkers[self.index];
         let Ok(mut driver) = shared.driver.try_lock() else {
             parker.park();
@@ -1002,8 +1026,8 @@ where
 }
 
 /// True if the calling green thread has used up its budget or has run for a preemption interval
-/// since it was last resumed: a good moment to call [`yield_now`](crate::yield_now). Costs two
-/// loads. Always false outside green threads.
+/// since it was last resumed: a good moment to call [`yield_now`](crate::yield_now). Costs a
+/// thread-local read and two loads. Always false outside green threads.
 pub fn should_yield() -> bool {
     let task = context::current_task();
     if task.is_null() {

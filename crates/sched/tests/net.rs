@@ -101,3 +101,22 @@ fn a_plain_thread_can_use_the_io_types_inside_enter() {
     assert_eq!(&buf, b"ping");
     client.join().unwrap();
 }
+
+#[test]
+fn io_on_a_shut_down_runtime_fails_instead_of_hanging() {
+    let rt = Builder::new().workers(1).build().unwrap();
+    let (listener, client) = {
+        let _entered = rt.enter();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, client)
+    };
+    // Accepted outside any runtime scope: the connection joins the listener's runtime (a
+    // regression test: it used to look for a runtime on the accepting thread).
+    let (conn, _) = listener.accept().unwrap();
+    drop(rt);
+    let mut buf = [0u8; 4];
+    let err = (&conn).read(&mut buf).unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
+    drop(client);
+}

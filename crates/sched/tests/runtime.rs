@@ -367,7 +367,7 @@ fn dropping_the_runtime_cancels_tasks_parked_on_each_other() {
         let _keep = tx_a;
         rx_b.recv()
     });
-    let parked_task = rt.spawn(|| park());
+    let parked_task = rt.spawn(park);
     while rt.metrics().polls < 3 {
         std::thread::yield_now();
     }

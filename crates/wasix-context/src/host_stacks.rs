@@ -21,6 +21,7 @@ impl PooledStacks {
             pool: StackPool::new(PoolConfig {
                 stack_size,
                 max_cached,
+                ..PoolConfig::default()
             }),
         })
     }
