@@ -199,6 +199,15 @@ fn host_grown_shadow_stacks_and_the_guest_heap_never_overlap() {
 }
 
 #[test]
+fn a_guest_declaring_the_imports_like_wasix_libc_runs_unchanged() {
+    run_guest("wasix_libc_style", &[])
+        .assert_exit_code(0)
+        .assert_stdout(
+            "hello from context != 0\nmain: errno of a bad switch: 28\nmain: destroy -> 0\n",
+        );
+}
+
+#[test]
 fn constructors_may_already_use_contexts() {
     run_guest("constructors", &[])
         .assert_exit_code(0)

@@ -762,7 +762,6 @@ proptest! {
             world.apply(op);
             world.check();
         }
-        eprintln!("STATS {:?} drained_all: {}", world.registry.lock().stats(), world.registry.lock().is_drained() as u8);
     }
 }
 
