@@ -19,7 +19,7 @@ cargo xtask <command>
   test                 fmt check, clippy -D warnings, cargo test --workspace, test-aarch64
   test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
                        too when the Rust aarch64 target is installed)
-  bench <name>         run a side-by-side benchmark: fiber
+  bench <name>         run a side-by-side benchmark: fiber, sched, wasix
   build-guests         build the C guests in guests/ into target/guests/
   cc FILE.c -o OUT.wasm  compile a C file with the project's wasm toolchain and flags
 ";
@@ -60,6 +60,11 @@ fn test() -> Result {
     ]))?;
     // The end-to-end tests in tests/ run the C guests, so they must be built (incrementally) first.
     guests::build_all()?;
-    run(cargo().args(["test", "--workspace"]))?;
+    // `cargo test --workspace` builds the `weft` binary (weft-cli has integration tests) with
+    // the same features as everything else before it runs any test. Pointing the end-to-end
+    // tests at it spares them their own `cargo build -p weft-cli`, whose different feature set
+    // would compile wasmtime a second time.
+    let weft = util::target_dir().join("debug").join("weft");
+    run(cargo().args(["test", "--workspace"]).env("WEFT_BIN", weft))?;
     aarch64::test()
 }
