@@ -99,7 +99,8 @@ impl<Y, R> FiberResult<Y, R> {
 /// fiber switches back, so the fiber may use it meanwhile.
 ///
 /// Protocol, which makes every field's state known without tags: the
-/// resumer writes `to_fiber`; the fiber reads it exactly once, then writes
+/// resumer writes `input` (unless it asks for an unwind, which it says with
+/// [`UNWIND_BIT`]); the fiber reads it exactly once, then writes
 /// exactly one of `yielded` and `finished` and names which one with the value
 /// it passes back through the switch ([`YIELDED`] or [`FINISHED`]); the
 /// resumer reads that one exactly once.
@@ -115,15 +116,16 @@ struct Exchange<I, Y, R> {
 
 #[repr(C)]
 struct ExchangeHead<I, Y> {
-    to_fiber: MaybeUninit<ToFiber<I>>,
+    /// The resume's input; left unwritten when the fiber is asked to unwind.
+    input: MaybeUninit<I>,
     yielded: MaybeUninit<Y>,
 }
 
 impl<I, Y, R> Exchange<I, Y, R> {
-    fn new(message: ToFiber<I>) -> Self {
+    fn new(input: MaybeUninit<I>) -> Self {
         Exchange {
             head: ExchangeHead {
-                to_fiber: MaybeUninit::new(message),
+                input,
                 yielded: MaybeUninit::uninit(),
             },
             finished: MaybeUninit::uninit(),
@@ -131,16 +133,37 @@ impl<I, Y, R> Exchange<I, Y, R> {
     }
 }
 
+/// Set in the exchange address passed to the fiber to ask it to unwind
+/// instead of resuming (exchanges are at least 8-byte aligned, so the bit
+/// is free). It saves a tag in memory on every switch.
+const UNWIND_BIT: usize = 1;
+
+/// What a switch into the fiber asks of it.
+enum ToFiber<I, Y> {
+    Resume(I, *mut ExchangeHead<I, Y>),
+    Unwind(*mut ExchangeHead<I, Y>),
+}
+
+/// Decodes the value passed into the fiber.
+///
+/// # Safety
+/// `passed` is an exchange address from `Fiber::switch_in`, possibly with
+/// [`UNWIND_BIT`] set; without it, the exchange's `input` is written and
+/// not yet read.
+unsafe fn received<I, Y>(passed: usize) -> ToFiber<I, Y> {
+    let exchange = (passed & !UNWIND_BIT) as *mut ExchangeHead<I, Y>;
+    if passed & UNWIND_BIT != 0 {
+        ToFiber::Unwind(exchange)
+    } else {
+        // SAFETY: per the function contract.
+        ToFiber::Resume(unsafe { (*exchange).input.assume_init_read() }, exchange)
+    }
+}
+
 /// Passed back through the switch: the fiber wrote `yielded`.
 const YIELDED: usize = 1;
 /// Passed back through the switch: the fiber wrote `finished`.
 const FINISHED: usize = 2;
-
-enum ToFiber<I> {
-    Resume(I),
-    /// Unwind the stack: the fiber is being dropped while suspended.
-    Unwind,
-}
 
 enum Finished<R> {
     Return(R),
@@ -255,8 +278,8 @@ impl<I, Y, R> Fiber<I, Y, R> {
         if self.state == State::Finished {
             resumed_after_finish();
         }
-        let mut exchange = Exchange::new(ToFiber::Resume(input));
-        if self.switch_in(&mut exchange) == YIELDED {
+        let mut exchange = Exchange::new(MaybeUninit::new(input));
+        if self.switch_in(&mut exchange, 0) == YIELDED {
             self.state = State::Suspended;
             // SAFETY: the fiber wrote `yielded` and said so (Exchange protocol).
             FiberResult::Yield(unsafe { exchange.head.yielded.assume_init_read() })
@@ -296,15 +319,15 @@ impl<I, Y, R> Fiber<I, Y, R> {
     }
 
     /// Runs the fiber until it switches back; returns [`YIELDED`] or
-    /// [`FINISHED`].
+    /// [`FINISHED`]. `unwind` is 0 or [`UNWIND_BIT`].
     #[inline]
-    fn switch_in(&mut self, exchange: &mut Exchange<I, Y, R>) -> usize {
+    fn switch_in(&mut self, exchange: &mut Exchange<I, Y, R>, unwind: usize) -> usize {
         // SAFETY: the slot holds the fiber's saved stack pointer: it was laid
         // out by weft_fiber_init, or saved by the fiber's last suspend (state
         // is Unstarted or Suspended, checked by our callers). The exchange
         // outlives the switch: we are blocked in it until the fiber switches
         // back.
-        unsafe { arch::resume(self.slot, exchange as *mut _ as usize) }
+        unsafe { arch::resume(self.slot, exchange as *mut _ as usize | unwind) }
     }
 }
 
@@ -330,8 +353,8 @@ impl<I, Y, R> Fiber<I, Y, R> {
     /// again is asked again.
     fn unwind(&mut self) {
         loop {
-            let mut exchange = Exchange::new(ToFiber::Unwind);
-            if self.switch_in(&mut exchange) == YIELDED {
+            let mut exchange = Exchange::new(MaybeUninit::uninit());
+            if self.switch_in(&mut exchange, UNWIND_BIT) == YIELDED {
                 // SAFETY: the fiber wrote `yielded` and said so.
                 drop(unsafe { exchange.head.yielded.assume_init_read() });
                 continue;
@@ -381,16 +404,21 @@ impl<I, Y> Suspender<I, Y> {
         // call in progress; the resumer is blocked in that call until we
         // switch back, and repr(C) puts the head at offset 0. The slot holds
         // the resumer's stack pointer while we run.
-        let next = unsafe {
+        let passed = unsafe {
             (*self.exchange.get()).yielded.write(value);
-            arch::suspend(self.slot, YIELDED) as *mut ExchangeHead<I, Y>
+            arch::suspend(self.slot, YIELDED)
         };
-        self.exchange.set(next);
-        // SAFETY: the next resume (or drop) passed its own live Exchange
-        // with `to_fiber` written, which we read exactly once.
-        match unsafe { (*next).to_fiber.assume_init_read() } {
-            ToFiber::Resume(input) => input,
-            ToFiber::Unwind => panic::resume_unwind(Box::new(ForcedUnwind)),
+        // SAFETY: the next resume (or drop) passed its own live Exchange,
+        // whose input we read exactly once, here.
+        match unsafe { received::<I, Y>(passed) } {
+            ToFiber::Resume(input, next) => {
+                self.exchange.set(next);
+                input
+            }
+            ToFiber::Unwind(next) => {
+                self.exchange.set(next);
+                panic::resume_unwind(Box::new(ForcedUnwind))
+            }
         }
     }
 }
@@ -411,23 +439,20 @@ unsafe extern "C" fn fiber_entry<F, I, Y, R>(
 where
     F: FnOnce(&Suspender<I, Y>, I) -> R,
 {
-    let exchange = exchange as *mut Exchange<I, Y, R>;
     // SAFETY: per the function contract; from here on the body is ours
     // (Fiber no longer drops it: its state is no longer Unstarted).
-    let (body, first) = unsafe {
-        (
-            ptr::read(body as *mut F),
-            (*exchange).head.to_fiber.assume_init_read(),
-        )
+    let (body, first) = unsafe { (ptr::read(body as *mut F), received::<I, Y>(exchange)) };
+    let exchange = match first {
+        ToFiber::Resume(_, exchange) | ToFiber::Unwind(exchange) => exchange,
     };
     let suspender = Suspender {
         slot,
-        exchange: Cell::new(exchange.cast::<ExchangeHead<I, Y>>()),
+        exchange: Cell::new(exchange),
         _types: PhantomData,
         _on_its_fiber_only: PhantomData,
     };
     let finished = match first {
-        ToFiber::Resume(input) => {
+        ToFiber::Resume(input, _) => {
             match panic::catch_unwind(AssertUnwindSafe(|| body(&suspender, input))) {
                 Ok(value) => Finished::Return(value),
                 Err(payload) if payload.is::<ForcedUnwind>() => Finished::Unwound,
@@ -435,7 +460,7 @@ where
             }
         }
         // A fiber is only unwound once suspended, never before it starts.
-        ToFiber::Unwind => std::process::abort(),
+        ToFiber::Unwind(_) => std::process::abort(),
     };
     let exchange = suspender.exchange.get().cast::<Exchange<I, Y, R>>();
     // SAFETY: the exchange of the resume call in progress is live (see
