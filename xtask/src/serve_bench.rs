@@ -3,8 +3,9 @@
 //! Starts the release `weft` binary on the trivial handler guest twice, once with concurrent
 //! instance reuse (the default) and once with one fresh instance per request, then once on a
 //! handler that makes one upstream fetch to a small HTTP server this process runs on loopback.
-//! Each configuration is loaded by `wrk` (a second process) over 64 keep-alive connections.
-//! Prints:
+//! Each configuration is loaded by `wrk` (a second process) over 64 keep-alive connections,
+//! with the access log off (`--quiet`) on every side: what is measured is serving, not writing
+//! a line per request to stderr. Prints:
 //!
 //! ```text
 //! bench serve.rps weft_reuse=<req/s> weft_per_request=<req/s> ratio=<reuse/per_request>
@@ -12,8 +13,10 @@
 //! bench serve.fetch_rps weft_reuse=<req/s>
 //! ```
 //!
-//! Options: `--duration SECS` (measured seconds per configuration, default 10) and
-//! `--connections N` (default 64).
+//! The three servers run side by side and are measured in turns, `--rounds` times (default 3),
+//! so that the noise of a shared machine falls on all of them alike; each figure is the median
+//! of its rounds. Options: `--duration SECS` (measured seconds per run, default 5),
+//! `--rounds N` and `--connections N` (default 64).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -36,15 +39,26 @@ const FETCH_GUEST: &str = "http_fetch_once";
 const PER_REQUEST_FLAG: &str = "--per-request-instance";
 /// How long `weft serve` may take to accept its first connection.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Unmeasured load before each measurement: instances, stacks and caches warm up.
+/// Unmeasured load before the first round: instances, stacks and caches warm up.
 const WARMUP: Duration = Duration::from_secs(2);
 
 struct Options {
     duration: Duration,
+    rounds: usize,
     connections: usize,
 }
 
+/// One server configuration under test.
+struct Config<'a> {
+    name: &'static str,
+    guest: &'a Path,
+    flags: &'a [&'a str],
+    /// Sent with every request.
+    header: Option<&'a str>,
+}
+
 /// One `wrk` run's results.
+#[derive(Debug)]
 struct Load {
     requests_per_second: f64,
     p99_ms: f64,
@@ -71,9 +85,27 @@ pub fn run(args: &[String]) -> Result {
     let upstream = Upstream::start()?;
     let upstream_header = format!("x-upstream: http://{}/", upstream.addr);
 
-    let reuse = measure(&weft, &trivial, &[], None, &options)?;
-    let per_request = measure(&weft, &trivial, &[PER_REQUEST_FLAG], None, &options)?;
-    let fetching = measure(&weft, &fetch, &[], Some(&upstream_header), &options)?;
+    let configs = [
+        Config {
+            name: "reuse",
+            guest: &trivial,
+            flags: &[],
+            header: None,
+        },
+        Config {
+            name: "per_request",
+            guest: &trivial,
+            flags: &[PER_REQUEST_FLAG],
+            header: None,
+        },
+        Config {
+            name: "fetch",
+            guest: &fetch,
+            flags: &[],
+            header: Some(&upstream_header),
+        },
+    ];
+    let [reuse, per_request, fetching] = measure_in_turns(&weft, &configs, &options)?;
     drop(upstream);
 
     let ratio = if per_request.requests_per_second > 0.0 {
@@ -98,7 +130,8 @@ pub fn run(args: &[String]) -> Result {
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut options = Options {
-        duration: Duration::from_secs(10),
+        duration: Duration::from_secs(5),
+        rounds: 3,
         connections: 64,
     };
     let mut args = args.iter();
@@ -111,10 +144,12 @@ fn parse_options(args: &[String]) -> Result<Options> {
         };
         match arg.as_str() {
             "--duration" => options.duration = Duration::from_secs(value("--duration")?),
+            "--rounds" => options.rounds = value("--rounds")? as usize,
             "--connections" => options.connections = value("--connections")? as usize,
             other => {
                 return Err(format!(
-                    "bench serve: unknown option `{other}` (known: --duration SECS, --connections N)"
+                    "bench serve: unknown option `{other}` \
+                     (known: --duration SECS, --rounds N, --connections N)"
                 ));
             }
         }
@@ -131,26 +166,66 @@ fn guest_path(name: &str) -> Result<PathBuf> {
     }
 }
 
-/// Serves `guest` with `weft serve <flags>`, warms it up, then measures it with wrk (sending
-/// `header` with every request).
-fn measure(
+/// Starts a server per configuration, warms each up, then measures them in turns; returns each
+/// configuration's median requests per second and median p99 over the rounds.
+fn measure_in_turns<const N: usize>(
     weft: &Path,
-    guest: &Path,
-    flags: &[&str],
-    header: Option<&str>,
+    configs: &[Config<'_>; N],
     options: &Options,
-) -> Result<Load> {
-    let server = WeftServer::start(weft, guest, flags)?;
-    let url = format!("http://{}/", server.addr);
-    eprintln!(
-        "xtask: bench serve: {} {} on {url}",
-        guest.file_name().unwrap_or_default().to_string_lossy(),
-        flags.join(" ")
-    );
-    wrk(&url, header, WARMUP, options.connections)?;
-    let load = wrk(&url, header, options.duration, options.connections)?;
-    server.stop()?;
-    Ok(load)
+) -> Result<[Load; N]> {
+    let mut servers = Vec::with_capacity(N);
+    for config in configs {
+        let server = WeftServer::start(weft, config.guest, config.flags)?;
+        eprintln!(
+            "xtask: bench serve: {}: {} {} on http://{}/",
+            config.name,
+            config
+                .guest
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy(),
+            config.flags.join(" "),
+            server.addr
+        );
+        servers.push(server);
+    }
+    let url = |server: &WeftServer| format!("http://{}/", server.addr);
+    for (config, server) in configs.iter().zip(&servers) {
+        wrk(&url(server), config.header, WARMUP, options.connections)?;
+    }
+    let mut rounds: Vec<Vec<Load>> = (0..N).map(|_| Vec::new()).collect();
+    for round in 1..=options.rounds {
+        for ((config, server), loads) in configs.iter().zip(&servers).zip(&mut rounds) {
+            let load = wrk(
+                &url(server),
+                config.header,
+                options.duration,
+                options.connections,
+            )?;
+            eprintln!(
+                "xtask: bench serve: round {round} {}: {:.0} req/s, p99 {:.3} ms",
+                config.name, load.requests_per_second, load.p99_ms
+            );
+            loads.push(load);
+        }
+    }
+    for server in servers {
+        server.stop()?;
+    }
+    Ok(std::array::from_fn(|i| Load {
+        requests_per_second: median(rounds[i].iter().map(|l| l.requests_per_second)),
+        p99_ms: median(rounds[i].iter().map(|l| l.p99_ms)),
+    }))
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn wrk(url: &str, header: Option<&str>, duration: Duration, connections: usize) -> Result<Load> {
@@ -165,8 +240,10 @@ fn wrk(url: &str, header: Option<&str>, duration: Duration, connections: usize) 
         &connections.to_string(),
         "--duration",
         &format!("{}s", duration.as_secs().max(1)),
+        // Far above any healthy latency here: a request this slow is a hang, and wrk reports it
+        // as a timeout, which fails the bench.
         "--timeout",
-        "10s",
+        "2s",
         "--latency",
         url,
     ]);
@@ -186,7 +263,8 @@ fn wrk(url: &str, header: Option<&str>, duration: Duration, connections: usize) 
 }
 
 /// Reads `Requests/sec:` and the 99% line of `--latency`'s distribution; refuses a run in which
-/// requests failed (non-2xx responses or socket errors), whose rate would mean nothing.
+/// requests failed (non-2xx responses, socket errors or timeouts) or none was answered (a wedged
+/// server), whose figures would mean nothing.
 fn parse_wrk(text: &str) -> Result<Load> {
     let mut requests_per_second = None;
     let mut p99_ms = None;
@@ -202,6 +280,9 @@ fn parse_wrk(text: &str) -> Result<Load> {
         }
     }
     match (requests_per_second, p99_ms) {
+        (Some(rate), _) if rate <= 0.0 => {
+            Err("no request was answered: the server is wedged".into())
+        }
         (Some(requests_per_second), Some(p99_ms)) => Ok(Load {
             requests_per_second,
             p99_ms,
@@ -238,7 +319,7 @@ impl WeftServer {
         let mut cmd = Command::new(weft);
         cmd.arg("serve")
             .arg(guest)
-            .args(["--listen", &addr.to_string()])
+            .args(["--listen", &addr.to_string(), "--quiet"])
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -400,6 +481,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+    }
+
+    #[test]
     fn wrk_durations_are_converted_to_milliseconds() {
         assert_eq!(parse_duration_ms("812.00us"), Some(0.812));
         assert_eq!(parse_duration_ms("1.25ms"), Some(1.25));
@@ -427,5 +514,7 @@ Transfer/sec:      4.00MB
         assert_eq!(load.p99_ms, 2.5);
         let failing = format!("{output}  Non-2xx or 3xx responses: 12\n");
         assert!(parse_wrk(&failing).is_err());
+        let wedged = output.replace("Requests/sec:  50000.12", "Requests/sec:      0.00");
+        assert!(parse_wrk(&wedged).unwrap_err().contains("wedged"));
     }
 }

@@ -23,6 +23,50 @@ struct Cli {
 enum Command {
     /// Run a WASI preview 1 command (core module) with the WASIX context API
     Run(RunArgs),
+    /// Serve HTTP: each request runs as a WASIX context of a reused guest instance
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the ready line on stdout names it)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Scheduler worker threads [default: available parallelism]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    workers: Option<u64>,
+    /// Requests in flight (not yet answered) per instance
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight: u64,
+    /// Requests an instance serves before it is retired
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: u64,
+    /// Maximum live instances [default: 2 x workers]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_instances: Option<u64>,
+    /// Requests that may wait for an instance; beyond it: 503 [default: 1024 x workers]
+    #[arg(long, value_name = "N")]
+    queue: Option<usize>,
+    /// Seconds work for a request may go on after its response (then it is killed)
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    drain_timeout: f64,
+    /// Wasm run time per request, in milliseconds, beyond which the request traps
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    cpu_budget_ms: u64,
+    /// One fresh instance per request (no reuse), for comparison
+    #[arg(long)]
+    per_request_instance: bool,
+    /// Write Chrome trace events (Perfetto) to this file
+    #[arg(long, value_name = "FILE.json")]
+    trace: Option<PathBuf>,
+    /// No access log on stderr
+    #[arg(long)]
+    quiet: bool,
+    /// Maximum live contexts per instance
+    #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts)]
+    max_contexts: usize,
+    /// The guest: a `.wasm` module (or `.wat` text) exporting `weft_http_handle`
+    wasm: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -53,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
     };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -101,4 +146,33 @@ fn run(args: RunArgs) -> i32 {
             EXIT_LOAD_ERROR
         }
     }
+}
+
+fn serve(args: ServeArgs) -> i32 {
+    let mut config = weft_http_attrib::server::ServeConfig::new(&args.wasm);
+    config.listen = args.listen;
+    if let Some(workers) = args.workers {
+        config.workers = workers as usize;
+    }
+    let mut policy = weft_http_attrib::Policy::for_workers(config.workers);
+    policy.max_in_flight_per_instance = args.max_in_flight as usize;
+    policy.max_requests_per_instance = args.max_requests;
+    if let Some(max_instances) = args.max_instances {
+        policy.max_instances = max_instances as usize;
+    }
+    if let Some(queue) = args.queue {
+        policy.queue_capacity = queue;
+    }
+    if !(args.drain_timeout.is_finite() && args.drain_timeout >= 0.0) {
+        eprintln!("error: `--drain-timeout` must be a non-negative number of seconds");
+        return 2;
+    }
+    policy.drain_timeout = std::time::Duration::from_secs_f64(args.drain_timeout);
+    config.policy = policy;
+    config.cpu_budget = std::time::Duration::from_millis(args.cpu_budget_ms);
+    config.per_request_instance = args.per_request_instance;
+    config.trace = args.trace;
+    config.access_log = !args.quiet;
+    config.contexts.max_contexts = args.max_contexts;
+    weft_cli::serve::serve(config)
 }

@@ -1,0 +1,86 @@
+//! `weft serve`: serve HTTP from a WASIX guest (crate `weft-http-attrib`), stop on SIGINT or
+//! SIGTERM after draining.
+
+use std::io::Write;
+
+use weft_http_attrib::server::{ServeConfig, ServeError, Server};
+
+/// Exit status when the guest cannot be loaded or the address cannot be bound.
+pub const EXIT_LOAD_ERROR: i32 = 1;
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts later, so they can be
+/// taken synchronously by [`wait_for_signal`]. Call before starting the server.
+pub fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: `set` is a local, initialised by `sigemptyset` before use; `pthread_sigmask`
+    // only reads it. Blocking signals has no memory-safety consequence.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for one of the signals in `set` (blocked beforehand); returns its number.
+pub fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is a valid, initialised signal set and `signal` a valid out-pointer.
+    let result = unsafe { libc::sigwait(set, &mut signal) };
+    if result == 0 { signal } else { libc::SIGTERM }
+}
+
+/// Runs `weft serve` until SIGINT/SIGTERM, then drains; returns the exit status.
+pub fn serve(config: ServeConfig) -> i32 {
+    let signals = block_stop_signals();
+    let server = match Server::start(config) {
+        Ok(server) => server,
+        Err(error) => {
+            report_load_error(&error);
+            return EXIT_LOAD_ERROR;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
+        "weft serve: listening on http://{}",
+        server.local_addr()
+    );
+    let _ = stdout.flush();
+    let shutdown = server.shutdown_handle();
+    std::thread::spawn(move || {
+        let signal = wait_for_signal(&signals);
+        eprintln!(
+            "weft serve: {} received, draining",
+            if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            }
+        );
+        shutdown.shutdown();
+    });
+    match server.wait() {
+        Ok(report) => {
+            eprintln!(
+                "weft serve: drained, {} requests served ({} refused, {} failed, {} stragglers)",
+                report.served,
+                report.stats.refused_loop
+                    + report.stats.refused_overload
+                    + report.stats.refused_shutdown,
+                report.stats.failed,
+                report.stats.stragglers
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!("error: cannot finish the trace file: {error}");
+            1
+        }
+    }
+}
+
+fn report_load_error(error: &ServeError) {
+    eprintln!("error: {error}");
+}

@@ -1,0 +1,186 @@
+//! Outgoing HTTP/1.1 requests for the guest's `fetch`: hyper's client over weft-sched's
+//! `TcpStream`, run in a green thread of its own so only the calling context waits.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+
+use crate::REQUEST_ID_HEADER;
+
+/// How long a fetch may take in all (connect, send, response body).
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response body kept for the guest.
+pub(crate) const MAX_FETCH_BODY: usize = 16 << 20;
+
+/// A validated outgoing request.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchRequest {
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FetchResponse {
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
+}
+
+// WASI errnos a fetch reports.
+pub(crate) const ECONNREFUSED: i32 = 14;
+pub(crate) const EIO: i32 = 29;
+pub(crate) const EINVAL: i32 = 28;
+pub(crate) const ETIMEDOUT: i32 = 73;
+pub(crate) const EMSGSIZE: i32 = 35;
+
+impl FetchRequest {
+    /// Parses what the guest passed; `Err(errno)` for anything invalid. Only `http://` URLs.
+    pub(crate) fn parse(
+        method: &[u8],
+        url: &[u8],
+        headers: &[u8],
+        body: Vec<u8>,
+    ) -> Result<Self, i32> {
+        let method = http::Method::from_bytes(method).map_err(|_| EINVAL)?;
+        let url = std::str::from_utf8(url).map_err(|_| EINVAL)?;
+        let uri: http::Uri = url.parse().map_err(|_| EINVAL)?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(EINVAL);
+        }
+        let text = std::str::from_utf8(headers).map_err(|_| EINVAL)?;
+        let mut map = http::HeaderMap::new();
+        for line in text.split("\r\n").flat_map(|l| l.split('\n')) {
+            if line.is_empty() {
+                continue;
+            }
+            let (name, value) = line.split_once(':').ok_or(EINVAL)?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| EINVAL)?;
+            let value = http::HeaderValue::from_str(value.trim()).map_err(|_| EINVAL)?;
+            map.append(name, value);
+        }
+        Ok(FetchRequest {
+            method,
+            uri,
+            headers: map,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// Sends it, carrying `request_id` in `weft-request-id` (replacing any the guest set).
+    /// Runs in a green thread; `Err(errno)` on failure.
+    pub(crate) fn send(self, request_id: &str) -> Result<FetchResponse, i32> {
+        let host = self.uri.host().ok_or(EINVAL)?.to_string();
+        let port = self.uri.port_u16().unwrap_or(80);
+        let authority = self
+            .uri
+            .authority()
+            .map_or_else(|| host.clone(), |a| a.as_str().to_string());
+        let stream =
+            weft_sched::TcpStream::connect((host.as_str(), port)).map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ECONNREFUSED,
+                std::io::ErrorKind::TimedOut => ETIMEDOUT,
+                _ => EIO,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let path = self
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        let mut builder = Request::builder().method(self.method).uri(path);
+        let headers = builder.headers_mut().expect("a fresh builder has headers");
+        *headers = self.headers;
+        headers.remove(REQUEST_ID_HEADER);
+        headers.insert(
+            REQUEST_ID_HEADER,
+            http::HeaderValue::from_str(request_id).map_err(|_| EINVAL)?,
+        );
+        if !headers.contains_key(http::header::HOST) {
+            headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_str(&authority).map_err(|_| EINVAL)?,
+            );
+        }
+        let request = builder.body(Full::new(self.body)).map_err(|_| EINVAL)?;
+        let exchange = async move {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(stream)
+                    .await
+                    .map_err(|_| EIO)?;
+            let driver = weft_sched::spawn(move || weft_sched::block_on(connection));
+            let response = sender.send_request(request).await.map_err(|_| EIO)?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_FETCH_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        EMSGSIZE
+                    } else {
+                        EIO
+                    }
+                })?
+                .to_bytes();
+            drop(sender);
+            drop(driver);
+            Ok(FetchResponse { status, body })
+        };
+        weft_sched::block_on(with_timeout(exchange, FETCH_TIMEOUT)).unwrap_or(Err(ETIMEDOUT))
+    }
+}
+
+/// `None` if `duration` passes before `future` completes.
+pub(crate) async fn with_timeout<F: Future>(future: F, duration: Duration) -> Option<F::Output> {
+    let mut future = pin!(future);
+    let mut timer = pin!(weft_sched::Sleep::new(duration));
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_http_urls_and_header_lines() {
+        let request = FetchRequest::parse(
+            b"POST",
+            b"http://127.0.0.1:9/a?b=1",
+            b"x-one: 1\r\nx-two:2\r\n",
+            b"hi".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(request.method, http::Method::POST);
+        assert_eq!(request.uri.port_u16(), Some(9));
+        assert_eq!(request.headers["x-one"], "1");
+        assert_eq!(request.headers["x-two"], "2");
+        assert_eq!(&request.body[..], b"hi");
+    }
+
+    #[test]
+    fn parse_refuses_bad_input_with_einval() {
+        let parse = |m: &[u8], u: &[u8], h: &[u8]| FetchRequest::parse(m, u, h, Vec::new()).err();
+        assert_eq!(parse(b"GET", b"https://x/", b""), Some(EINVAL));
+        assert_eq!(parse(b"GET", b"/relative", b""), Some(EINVAL));
+        assert_eq!(parse(b"G T", b"http://x/", b""), Some(EINVAL));
+        assert_eq!(parse(b"GET", b"http://x/", b"no colon"), Some(EINVAL));
+        assert_eq!(parse(b"GET", b"http://x/", b"bad name: v"), Some(EINVAL));
+        assert_eq!(parse(b"GET", b"\xff", b""), Some(EINVAL));
+    }
+}
