@@ -1,5 +1,11 @@
 //! `cargo xtask demo`: the main demo.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
 use crate::guests;
 use crate::util::{Result, cargo};
 
@@ -45,5 +51,123 @@ pub fn run() -> Result {
         let guest = guests::output_dir().join(format!("{name}.wasm"));
         crate::util::run(std::process::Command::new(&weft).arg("run").arg(guest))?;
     }
+    serve_demo(&weft)
+}
+
+/// `weft serve` on loopback: server A runs the handler guest of the end-to-end tests, server B
+/// a hello handler that A fetches from. Shows reuse, attribution, loop detection and
+/// post-response work, then both access logs and a clean drain on SIGINT.
+fn serve_demo(weft: &Path) -> Result {
+    eprintln!(
+        "\n== weft serve: requests, attributed fetches, loop detection, post-response work =="
+    );
+    let upstream = Server::start(weft, "http_hello")?;
+    let server = Server::start(weft, "http_e2e")?;
+    let upstream_url = format!("http://{}", upstream.addr);
+    let self_url = format!("http://{}", server.addr);
+    let requests: [(&str, &str, Vec<(&str, &str)>); 4] = [
+        ("/hello", "a plain request", vec![]),
+        (
+            "/fetch",
+            "two fetches from B, each carrying this request's weft-request-id",
+            vec![("x-upstream", upstream_url.as_str())],
+        ),
+        (
+            "/loop",
+            "a fetch back into A itself: refused with 508 Loop Detected",
+            vec![("x-self", self_url.as_str())],
+        ),
+        (
+            "/post",
+            "answers first, then fetches from B after the response (post-response work)",
+            vec![("x-upstream", upstream_url.as_str())],
+        ),
+    ];
+    for (path, what, headers) in &requests {
+        let (status, id, body) = get(server.addr, path, headers)?;
+        println!("GET {path:<7} -> {status} {body:?}  [{id}]  ({what})");
+    }
+    let a_log = server.stop()?;
+    let b_log = upstream.stop()?;
+    println!("\nserver A's access log (one line per request; `outgoing` counts its fetches):");
+    a_log.lines().for_each(|line| println!("  {line}"));
+    println!("server B's access log (the requests A made):");
+    b_log.lines().for_each(|line| println!("  {line}"));
     Ok(())
+}
+
+/// A `weft serve` child on an ephemeral loopback port.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(weft: &Path, guest: &str) -> Result<Server> {
+        let guest = guests::output_dir().join(format!("{guest}.wasm"));
+        let mut child = Command::new(weft)
+            .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "2"])
+            .arg(&guest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start weft serve: {e}"))?;
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut first_line)
+            .map_err(|e| format!("weft serve: {e}"))?;
+        let addr = first_line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .ok_or_else(|| format!("weft serve did not say where it listens: {first_line:?}"))?;
+        Ok(Server { child, addr })
+    }
+
+    /// SIGINT (drains in-flight and post-response work), then the access log from stderr.
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let mut log = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr
+                .read_to_string(&mut log)
+                .map_err(|e| format!("weft serve: {e}"))?;
+        }
+        let status = self.child.wait().map_err(|e| format!("weft serve: {e}"))?;
+        if !status.success() {
+            return Err(format!("weft serve exited with {status}:\n{log}"));
+        }
+        Ok(log)
+    }
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: (status, weft-request-id, body).
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String, String)> {
+    let fail = |e: std::io::Error| format!("GET {path}: {e}");
+    let mut stream = TcpStream::connect(addr).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(fail)?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).map_err(fail)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(fail)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("GET {path}: not an HTTP response: {head:?}"))?;
+    let id = head
+        .lines()
+        .find_map(|line| line.strip_prefix("weft-request-id: "))
+        .unwrap_or("-")
+        .to_string();
+    Ok((status, id, body.trim().to_string()))
 }

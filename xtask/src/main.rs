@@ -19,7 +19,7 @@ cargo xtask <command>
   test                 fmt check, clippy -D warnings, cargo test --workspace, test-aarch64
   test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
                        too when the Rust aarch64 target is installed)
-  bench <name>         run a side-by-side benchmark: fiber, sched, wasix
+  bench <name>         run a side-by-side benchmark: fiber, sched, wasix, serve
   build-guests         build the C guests in guests/ into target/guests/
   cc FILE.c -o OUT.wasm  compile a C file with the project's wasm toolchain and flags
 ";
