@@ -65,25 +65,34 @@ fn serve_demo(weft: &Path) -> Result {
     let server = Server::start(weft, "http_e2e")?;
     let upstream_url = format!("http://{}", upstream.addr);
     let self_url = format!("http://{}", server.addr);
-    let requests: [(&str, &str, Vec<(&str, &str)>); 4] = [
-        ("/hello", "a plain request", vec![]),
-        (
-            "/fetch",
-            "two fetches from B, each carrying this request's weft-request-id",
-            vec![("x-upstream", upstream_url.as_str())],
-        ),
-        (
-            "/loop",
-            "a fetch back into A itself: refused with 508 Loop Detected",
-            vec![("x-self", self_url.as_str())],
-        ),
-        (
-            "/post",
-            "answers first, then fetches from B after the response (post-response work)",
-            vec![("x-upstream", upstream_url.as_str())],
-        ),
+    let requests = [
+        DemoRequest {
+            path: "/hello",
+            what: "a plain request",
+            headers: vec![],
+        },
+        DemoRequest {
+            path: "/fetch",
+            what: "two fetches from B, each carrying this request's weft-request-id",
+            headers: vec![("x-upstream", upstream_url.as_str())],
+        },
+        DemoRequest {
+            path: "/loop",
+            what: "a fetch back into A itself: refused with 508 Loop Detected",
+            headers: vec![("x-self", self_url.as_str())],
+        },
+        DemoRequest {
+            path: "/post",
+            what: "answers first, then fetches from B after the response (post-response work)",
+            headers: vec![("x-upstream", upstream_url.as_str())],
+        },
     ];
-    for (path, what, headers) in &requests {
+    for DemoRequest {
+        path,
+        what,
+        headers,
+    } in &requests
+    {
         let (status, id, body) = get(server.addr, path, headers)?;
         println!("GET {path:<7} -> {status} {body:?}  [{id}]  ({what})");
     }
@@ -94,6 +103,13 @@ fn serve_demo(weft: &Path) -> Result {
     println!("server B's access log (the requests A made):");
     b_log.lines().for_each(|line| println!("  {line}"));
     Ok(())
+}
+
+/// One request of the serve demo: what it shows and the headers it needs.
+struct DemoRequest<'a> {
+    path: &'static str,
+    what: &'static str,
+    headers: Vec<(&'static str, &'a str)>,
 }
 
 /// A `weft serve` child on an ephemeral loopback port.
