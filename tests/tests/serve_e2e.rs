@@ -14,7 +14,7 @@
 //! wait is bounded by [`HANG_GUARD`], a guard against hanging CI, far above any real duration.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -935,6 +935,68 @@ fn an_infinite_loop_does_not_stall_other_requests() {
     });
     assert_eq!(field(&serve.access_log("/spin?n=1"), "outcome"), "failed");
     serve.stop_cleanly();
+}
+
+/// One instance and a CPU budget far beyond the test's life: the other requests can only be
+/// served because the spinning context is preempted back to its instance's loop at epoch
+/// ticks. The spinner never ends (no budget trap in time, and a graceful shutdown would wait
+/// for it), so the server is killed at the end; the spinner then has had no answer at all.
+#[test]
+fn an_infinite_loop_does_not_stall_other_requests_of_its_own_instance() {
+    let serve = Serve::start(
+        "http_e2e",
+        &["--max-instances", "1", "--cpu-budget-ms", "600000"],
+    );
+    let spinner = {
+        let addr = serve.addr;
+        thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+            let request =
+                format!("GET /spin?n=1 HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            // Ends when the server is killed (EOF, or a reset).
+            let _ = stream.read_to_end(&mut answer);
+            answer
+        })
+    };
+    let spinning = serve.guest_log("spinning /spin?n=1");
+    let others: Vec<_> = (0..16)
+        .map(|n| {
+            let addr = serve.addr;
+            thread::spawn(move || {
+                let path = if n % 2 == 0 {
+                    format!("/hello?n={n}")
+                } else {
+                    format!("/nap?ms=20&n={n}")
+                };
+                (get(addr, &path, &[]), path)
+            })
+        })
+        .collect();
+    for other in others {
+        let (response, path) = other.join().unwrap();
+        assert_status(&response, 200, &path);
+        assert_eq!(
+            field(&serve.access_log(&path), "instance"),
+            field(&spinning, "instance"),
+            "{path} was served by the spinner's instance"
+        );
+    }
+    assert!(!spinner.is_finished(), "the spinner is still running");
+    assert!(
+        !serve.has_line(|line| line.contains("exceeded its CPU budget")),
+        "no budget trap explains it\n{}",
+        serve.dump()
+    );
+    drop(serve);
+    let answer = spinner.join().unwrap();
+    assert!(
+        answer.is_empty(),
+        "the spinner was never answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -131,6 +131,19 @@ const GUEST: &str = r#"(module
     (if (i32.eq (local.get $c) (i32.const 116)) (then unreachable))
     ;; l: loop forever
     (if (i32.eq (local.get $c) (i32.const 108)) (then (loop $forever (br $forever))))
+    ;; g: answer, then spin until a `k` request raises the flag at 4000 (it never waits)
+    (if (i32.eq (local.get $c) (i32.const 103)) (then
+      (call $respond (i32.const 200))
+      (loop $spin (br_if $spin (i32.eqz (i32.load (i32.const 4000)))))
+      (return)))
+    ;; u: spin until the flag is up, then answer
+    (if (i32.eq (local.get $c) (i32.const 117)) (then
+      (loop $spin (br_if $spin (i32.eqz (i32.load (i32.const 4000)))))
+      (call $respond (i32.const 200)) (return)))
+    ;; k: raise the flag
+    (if (i32.eq (local.get $c) (i32.const 107)) (then
+      (i32.store (i32.const 4000) (i32.const 1))
+      (call $respond (i32.const 200)) (return)))
     (call $respond (i32.const 404))))"#;
 
 /// Written once: tests run in parallel and must never read a half-written file.
@@ -163,6 +176,10 @@ struct Reply {
 
 fn request(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
+    // A hang guard, not a timing check: a server that never answers fails the test.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     let mut text = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
@@ -427,6 +444,35 @@ fn a_looping_handler_does_not_stall_others_and_exhausts_its_budget() {
     }
     assert_eq!(looping.join().unwrap().status, 500);
     stop(server);
+}
+
+/// One instance, a CPU budget and drain timeout far beyond the test's life: requests can only
+/// get through while contexts of that same instance spin because the spinners are preempted.
+/// The spinners end on their own (a flag a later request raises), so nothing is killed.
+#[test]
+fn spinning_contexts_are_preempted_so_their_instance_serves_other_requests() {
+    let mut config = config();
+    config.policy.max_instances = 1;
+    config.policy.drain_timeout = Duration::from_secs(600);
+    config.cpu_budget = Duration::from_secs(600);
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    // Answered, then spinning in post-response work on the only instance.
+    assert_eq!(request(addr, "/gate", &[]).status, 200);
+    // Spinning before it answers.
+    let unanswered = std::thread::spawn(move || request(addr, "/until-flag", &[]));
+    for i in 0..8 {
+        let reply = request(addr, &format!("/echo{i}"), &[]);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, format!("/echo{i}"));
+    }
+    assert_eq!(request(addr, "/kick", &[]).status, 200);
+    assert_eq!(unanswered.join().unwrap().status, 200);
+    let report = stop(server);
+    assert_eq!(report.stats.instances_created, 1);
+    assert_eq!(report.stats.completed, 11);
+    assert_eq!(report.stats.failed, 0);
+    assert_eq!(report.stats.stragglers, 0);
 }
 
 #[test]

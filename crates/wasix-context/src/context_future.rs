@@ -36,6 +36,14 @@
 //!    otherwise polling fails with a trap and disposing leaks the fiber instead of resuming it
 //!    into a store that may be gone. An implicit drop (a path that forgot to dispose) leaks
 //!    too: the safe default.
+//!
+//! Preemption ([`crate::WasixContexts::preempt_to_main`]) adds no new path: it only sets the
+//! switch request from inside the running context's epoch callback (which, like a host call,
+//! borrows the store data through the running fiber and never reaches a future: invariant 2),
+//! and the epoch yield that follows is an ordinary `Pending` of the running future. Its
+//! driver then saves the future into the table exactly as for a `context_switch` to main, so
+//! it is later polled again by a driver holding the same store (1, 4, 5) or disposed by one
+//! of the paths of invariant 3.
 
 use std::future::Future;
 use std::mem::ManuallyDrop;

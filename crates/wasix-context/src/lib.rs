@@ -307,6 +307,29 @@ impl WasixContexts {
         self.table.state(id)
     }
 
+    /// Preemption, for hosts that play main themselves ([`HostContexts`], e.g. a server
+    /// running one context per request): asks that the active context be switched back to
+    /// main at its next suspension. Call it from an epoch-deadline callback that then returns
+    /// [`wasmtime::UpdateDeadline::Yield`]: the yield suspends the context's call, its driver
+    /// sees the request, saves the context where it stands (suspended, like any context that
+    /// switched to main) and [`HostContexts::resume`] returns [`Resumed::SwitchedToMain`].
+    /// Resuming it later finishes the yield and the wasm continues where it was interrupted.
+    ///
+    /// `true` if a preemption was requested: a non-main context is active and no switch is
+    /// pending. `false` otherwise (main is active, or the context is already switching), and
+    /// then nothing changes.
+    ///
+    /// Not for guests that run their own `main`: there the driver is main's
+    /// `context_switch`, which would return to main's code as if the context had switched to
+    /// it, behind the guest scheduler's back.
+    pub fn preempt_to_main(&mut self) -> bool {
+        if self.table.active() == MAIN_CONTEXT || self.requested_switch.is_some() {
+            return false;
+        }
+        self.requested_switch = Some(MAIN_CONTEXT);
+        true
+    }
+
     /// Removes every context and releases its region and its call stack. The caller holds
     /// the store and leaves it alone meanwhile (invariant 1 of `context_future`).
     fn release_everything(&mut self) {

@@ -799,3 +799,105 @@ fn a_state_moved_into_another_store_refuses_to_run_its_contexts() {
     drop(first);
     drop(second);
 }
+
+#[test]
+fn a_host_playing_main_preempts_a_spinning_context_and_resumes_it_later() {
+    // `spin` never switches: it counts iterations at address 1024 forever, checking on every
+    // iteration that its own stack pointer is still in place. `other` logs 7 and returns.
+    let body = r#"
+        (func $a)
+        (func $b)
+        (func (export "spin")
+            (local $mine i32)
+            (global.set $sp (i32.sub (global.get $sp) (i32.const 32)))
+            (local.set $mine (global.get $sp))
+            (loop $forever
+                (if (i32.ne (global.get $sp) (local.get $mine)) (then unreachable))
+                (i32.store (i32.const 1024) (i32.add (i32.load (i32.const 1024)) (i32.const 1)))
+                (br $forever)))
+        (func (export "other") (call $logi (i32.const 7)))
+        (func (export "main"))"#;
+    let mut config = Config::new();
+    ContextConfig::default().configure_engine(&mut config);
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).unwrap();
+    let module = Module::new(&engine, header(body)).unwrap();
+    let mut store = store(&engine, ContextConfig::default());
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut store| {
+        store.data_mut().contexts.preempt_to_main();
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    });
+    let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
+    assert!(
+        !store.data_mut().contexts.preempt_to_main(),
+        "nothing to preempt while main is active"
+    );
+    let memory = instance.get_memory(&mut store, "memory").unwrap();
+    let count = |store: &Store<Host>| {
+        u32::from_le_bytes(memory.data(store)[1024..1028].try_into().unwrap())
+    };
+    let sp = instance.get_global(&mut store, "__stack_pointer").unwrap();
+
+    // The spinner only ever stops because the ticker below advances the epoch.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                engine.increment_epoch();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let host = HostContexts::new(contexts);
+    let spinner = host.spawn(&mut store, &instance, "spin").unwrap();
+    let other = host.spawn(&mut store, &instance, "other").unwrap();
+    // Each resume of the spinner ends in a preemption: it is suspended, main's stack is
+    // back. A preemption may come before an iteration (the ticker runs on meanwhile), so
+    // it is resumed until its count passes `beyond`.
+    let spin_past = |store: &mut Store<Host>, beyond: u32| {
+        for _ in 0..100_000 {
+            assert_eq!(
+                block_on(host.resume(&mut *store, spinner)).unwrap(),
+                Resumed::SwitchedToMain
+            );
+            assert_eq!(store.data().contexts.active(), MAIN_CONTEXT);
+            assert_eq!(
+                store.data().contexts.state(spinner),
+                Some(ContextState::Suspended)
+            );
+            assert_eq!(
+                sp.get(&mut *store).i32(),
+                Some(MAIN_SP),
+                "main's stack is back"
+            );
+            if count(store) > beyond {
+                return count(store);
+            }
+        }
+        panic!("the spinner never counted past {beyond}");
+    };
+    let first = spin_past(&mut store, 0);
+
+    // Another context runs while the spinner is preempted (it may be preempted too: the
+    // ticker keeps going; each resume then gets it further).
+    let mut resumes = 0;
+    while block_on(host.resume(&mut store, other)).unwrap() == Resumed::SwitchedToMain {
+        resumes += 1;
+        assert!(resumes < 100_000, "a three-instruction context finishes");
+    }
+    assert_eq!(store.data().log, [7]);
+    assert_eq!(count(&store), first, "the spinner did not run meanwhile");
+
+    // Resumed, the spinner continues where it was (its loop and stack pointer intact).
+    let second = spin_past(&mut store, first);
+    spin_past(&mut store, second);
+    stop.store(true, Ordering::Relaxed);
+    ticker.join().unwrap();
+
+    host.destroy(&mut store, other).unwrap();
+    host.destroy(&mut store, spinner).unwrap();
+    assert_eq!(store.data().contexts.state(spinner), None);
+    assert_eq!(store.data().contexts.live_contexts(), 0);
+}

@@ -116,6 +116,9 @@ pub(crate) struct InstanceHttp {
     /// The context that ran most recently, taken to be the creator of contexts we discover.
     last_active: ContextId,
     running: Option<Running>,
+    /// The context the epoch callback preempted: it came back to main to let the others
+    /// run, and goes back to the ready queue (no `block_on` involved).
+    preempted: Option<ContextId>,
     cpu_used: HashMap<RequestId, Duration>,
     budget_exceeded: Option<RequestId>,
     pub(crate) timers: BTreeSet<(Instant, i32)>,
@@ -140,6 +143,7 @@ impl InstanceHttp {
             next_unseen: 1,
             last_active: 0,
             running: None,
+            preempted: None,
             cpu_used: HashMap::new(),
             budget_exceeded: None,
             timers: BTreeSet::new(),
@@ -295,28 +299,39 @@ fn new_store(shared: &Shared, http: Option<InstanceHttp>) -> Store<HostState> {
             http,
         },
     );
-    // Every epoch tick (weft-sched's ticker) the running wasm yields to the scheduler, so a
-    // looping handler shares its worker; and its request's CPU budget is checked.
+    // Every epoch tick (weft-sched's ticker) the running request's CPU budget is checked, and
+    // the running context is preempted back to the instance loop (main), which runs the
+    // instance's other ready contexts and takes new requests before it resumes this one
+    // behind them: a looping handler holds up neither its instance nor its worker.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut context| {
-        let Some(http) = context.data().http.as_ref() else {
+        let HostState { contexts, http, .. } = context.data_mut();
+        let Some(http) = http.as_mut() else {
             return Ok(UpdateDeadline::Yield(1));
         };
-        if let Some(Running {
-            request: Some(request),
-            since,
-        }) = &http.running
-        {
-            let request = *request;
-            let used = http.cpu_used.get(&request).copied().unwrap_or_default() + since.elapsed();
+        let Some(running) = &http.running else {
+            // Wasm run by the host outside any context (`_initialize`): just share the worker.
+            return Ok(UpdateDeadline::Yield(1));
+        };
+        if let Some(request) = running.request {
+            // Time used in earlier runs (`cpu_used`, summed per run) plus this run so far.
+            let used =
+                http.cpu_used.get(&request).copied().unwrap_or_default() + running.since.elapsed();
             let budget = http.settings_budget();
             if used > budget {
-                let http = context.data_mut().http.as_mut().expect("checked above");
                 http.budget_exceeded = Some(request);
                 return Err(wasmtime::Error::msg(format!(
                     "request {request} exceeded its CPU budget of {} ms",
                     budget.as_millis()
                 )));
+            }
+        }
+        // A context between `block_on` and its switch to main is about to come back anyway
+        // (and its `block_request` must stay its own).
+        if http.block_request.is_none() {
+            let active = contexts.active();
+            if contexts.preempt_to_main() {
+                http.preempted = Some(active);
             }
         }
         Ok(UpdateDeadline::Yield(1))
@@ -590,6 +605,7 @@ impl Runner {
         let end = Instant::now();
         let http = self.http();
         http.running = None;
+        let preempted = http.preempted.take();
         if let Some(request) = request {
             *http.cpu_used.entry(request).or_default() += end - start;
         }
@@ -600,6 +616,13 @@ impl Runner {
             Ok(Resumed::SwitchedToMain) => {
                 self.sync();
                 let http = self.http();
+                if let Some(preempted) = preempted {
+                    // Behind the contexts that were ready meanwhile; its CPU time so far is
+                    // in `cpu_used`, so its budget keeps counting across preemptions.
+                    http.ready.push_back(preempted);
+                    self.pump_if_needed();
+                    return Ok(());
+                }
                 match http.block_request.take() {
                     Some((waiter, handle)) => {
                         let done =
