@@ -1,13 +1,14 @@
 //! `weft run`: a WASI preview 1 command with the WASIX context API, as a library call.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use wasmtime::{Config, Engine, ExternType, Linker, Module, Store};
+use wasmtime::{Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use weft_wasix_context::{
-    ContextConfig, EntrypointReturned, HostContexts, IncompatibleGuest, WasixContexts,
+    ContextConfig, EntrypointReturned, GuestFileError, HostContexts, IncompatibleGuest,
+    WasixContexts,
 };
 
 /// The exit status of a run whose context entrypoint returned (as in Wasmer).
@@ -23,19 +24,8 @@ const CAPTURE_LIMIT: usize = 64 * 1024 * 1024;
 /// Why a guest could not be started (nothing of it ran).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read `{path}`: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("`{0}` is not a WebAssembly file (no `\\0asm` header, and not WAT text)")]
-    NotWasm(PathBuf),
-    #[error(
-        "`{0}` is a WebAssembly component; `weft run` runs core modules (WASI preview 1 commands)"
-    )]
-    Component(PathBuf),
-    #[error("`{path}` is not a valid WebAssembly module: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] GuestFileError),
     #[error(
         "`{path}` imports `{module}.{name}` ({kind}), which weft does not provide (it provides \
          wasi_snapshot_preview1 and wasix_32v1.context_create/context_switch/context_destroy)"
@@ -137,11 +127,11 @@ impl RunOptions {
     /// [`run`](Self::run) inside an existing tokio runtime.
     pub async fn run_async(&self) -> Result<RunOutcome, LoadError> {
         let path = &self.wasm;
-        let bytes = read_guest(path)?;
+        let bytes = weft_wasix_context::read_core_module(path)?;
         let mut config = Config::new();
         self.contexts.configure_engine(&mut config);
         let engine = Engine::new(&config).map_err(|e| LoadError::Setup(format!("{e:?}")))?;
-        let module = Module::new(&engine, &bytes).map_err(|e| LoadError::Invalid {
+        let module = Module::new(&engine, &bytes).map_err(|e| GuestFileError::Invalid {
             path: path.clone(),
             message: format!("{e:#}"),
         })?;
@@ -166,21 +156,15 @@ impl RunOptions {
                 contexts: WasixContexts::new(self.contexts.clone()),
             },
         );
-        for import in module.imports() {
-            if linker.get_by_import(&mut store, &import).is_none() {
-                return Err(LoadError::UnknownImport {
-                    path: path.clone(),
-                    module: import.module().to_string(),
-                    name: import.name().to_string(),
-                    kind: match import.ty() {
-                        ExternType::Func(_) => "function",
-                        ExternType::Global(_) => "global",
-                        ExternType::Table(_) => "table",
-                        ExternType::Memory(_) => "memory",
-                        ExternType::Tag(_) => "tag",
-                    },
-                });
-            }
+        if let Some(missing) =
+            weft_wasix_context::first_missing_import(&linker, &mut store, &module)
+        {
+            return Err(LoadError::UnknownImport {
+                path: path.clone(),
+                module: missing.module,
+                name: missing.name,
+                kind: missing.kind,
+            });
         }
         let instance = linker
             .instantiate_async(&mut store, &module)
@@ -264,43 +248,6 @@ fn contexts(state: &mut GuestState) -> &mut WasixContexts {
     &mut state.contexts
 }
 
-/// Reads the guest, telling a core module (binary or WAT text) from a component or
-/// something that is not wasm at all.
-fn read_guest(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if let Some(header) = bytes.strip_prefix(b"\0asm") {
-        // Core modules have version 1 and layer 0; components have layer 1.
-        return match header.get(..4) {
-            Some([_, _, 1, 0]) => Err(LoadError::Component(path.to_path_buf())),
-            _ => Ok(bytes),
-        };
-    }
-    let looks_like_wat = std::str::from_utf8(&bytes)
-        .map(|text| {
-            let text = text.trim_start();
-            text.starts_with('(') || text.starts_with(";;")
-        })
-        .unwrap_or(false);
-    if !looks_like_wat {
-        return Err(LoadError::NotWasm(path.to_path_buf()));
-    }
-    match wat::parse_bytes(&bytes) {
-        Ok(binary) if binary.get(6..8) == Some(&[1, 0]) => {
-            Err(LoadError::Component(path.to_path_buf()))
-        }
-        Ok(binary) => Ok(binary.into_owned()),
-        Err(e) => Err(LoadError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }),
-    }
-}
-
-/// The error chain as `wasmtime run` shows it (the wasm backtrace first, then the causes),
-/// without the host's Rust backtrace, which tells a guest author nothing.
 fn describe(error: &wasmtime::Error) -> String {
     let mut text = String::new();
     for (depth, cause) in error.chain().enumerate() {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weft_http_attrib::server::{ServeConfig, ServeError, Server};
+use weft_wasix_context::GuestFileError;
 
 const GUEST: &str = r#"(module
   (import "weft_http" "request_path" (func $path (param i32 i32) (result i32)))
@@ -564,7 +565,10 @@ fn guests_that_cannot_serve_are_refused_at_load() {
     );
     assert!(unknown.to_string().contains("env.nope"), "{unknown}");
     let missing = start("missing.wat", "");
-    assert!(matches!(missing, ServeError::NotWasm(_)), "{missing}");
+    assert!(
+        matches!(missing, ServeError::File(GuestFileError::NotWasm(_))),
+        "{missing}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod context_future;
 mod driver;
+mod guest_file;
 mod host_stacks;
 mod shadow_stack;
 mod table;
@@ -20,6 +21,7 @@ use wasmtime::{
 pub use context_future::MovedState;
 use context_future::{ContextFuture, Owner};
 use driver::Driver;
+pub use guest_file::{GuestFileError, MissingImport, first_missing_import, read_core_module};
 pub use host_stacks::PooledStacks;
 use shadow_stack::{Region, ShadowStacks, StackPointer};
 pub use table::ContextState;

@@ -32,7 +32,7 @@ use hyper::body::Incoming as IncomingBody;
 use hyper::{Request, Response, StatusCode};
 use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, Store};
 use weft_sched::{Receiver, Runtime, Sender, TcpListener};
-use weft_wasix_context::{ContextConfig, IncompatibleGuest};
+use weft_wasix_context::{ContextConfig, GuestFileError, IncompatibleGuest};
 
 use crate::registry::{Action, Policy, REQUEST_ID_HEADER, Registry, RegistryError, Stats, Summary};
 use crate::{AccessLogLine, InstanceId, Outcome, RequestId, SharedRegistry, TraceWriter};
@@ -92,17 +92,8 @@ impl ServeConfig {
 /// Why the server could not start (nothing was served).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot read `{path}`: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("`{0}` is not a WebAssembly file (no `\\0asm` header, and not WAT text)")]
-    NotWasm(PathBuf),
-    #[error("`{0}` is a WebAssembly component; `weft serve` serves core modules")]
-    Component(PathBuf),
-    #[error("`{path}` is not a valid WebAssembly module: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] GuestFileError),
     #[error(
         "`{path}` imports `{module}.{name}` ({kind}), which weft does not provide (it provides \
          wasi_snapshot_preview1, wasix_32v1.context_* and weft_http.*)"
@@ -400,13 +391,13 @@ impl Server {
     /// and starts serving on a new weft-sched runtime.
     pub fn start(config: ServeConfig) -> Result<Server, ServeError> {
         let path = config.wasm.clone();
-        let bytes = read_guest(&path)?;
+        let bytes = weft_wasix_context::read_core_module(&path)?;
         let mut engine_config = Config::new();
         config.contexts.configure_engine(&mut engine_config);
         engine_config.epoch_interruption(true);
         let engine =
             Engine::new(&engine_config).map_err(|e| ServeError::Setup(format!("{e:?}")))?;
-        let module = Module::new(&engine, &bytes).map_err(|e| ServeError::Invalid {
+        let module = Module::new(&engine, &bytes).map_err(|e| GuestFileError::Invalid {
             path: path.clone(),
             message: format!("{e:#}"),
         })?;
@@ -690,53 +681,13 @@ fn check_imports(
     path: &Path,
 ) -> Result<(), ServeError> {
     let mut store = Store::new(engine, HostState::placeholder());
-    for import in module.imports() {
-        if linker.get_by_import(&mut store, &import).is_none() {
-            return Err(ServeError::UnknownImport {
-                path: path.to_path_buf(),
-                module: import.module().to_string(),
-                name: import.name().to_string(),
-                kind: match import.ty() {
-                    ExternType::Func(_) => "function",
-                    ExternType::Global(_) => "global",
-                    ExternType::Table(_) => "table",
-                    ExternType::Memory(_) => "memory",
-                    ExternType::Tag(_) => "tag",
-                },
-            });
-        }
-    }
-    Ok(())
-}
-
-fn read_guest(path: &Path) -> Result<Vec<u8>, ServeError> {
-    let bytes = std::fs::read(path).map_err(|source| ServeError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if let Some(header) = bytes.strip_prefix(b"\0asm") {
-        return match header.get(..4) {
-            Some([_, _, 1, 0]) => Err(ServeError::Component(path.to_path_buf())),
-            _ => Ok(bytes),
-        };
-    }
-    let looks_like_wat = std::str::from_utf8(&bytes)
-        .map(|text| {
-            let text = text.trim_start();
-            text.starts_with('(') || text.starts_with(";;")
-        })
-        .unwrap_or(false);
-    if !looks_like_wat {
-        return Err(ServeError::NotWasm(path.to_path_buf()));
-    }
-    match wat::parse_bytes(&bytes) {
-        Ok(binary) if binary.get(6..8) == Some(&[1, 0]) => {
-            Err(ServeError::Component(path.to_path_buf()))
-        }
-        Ok(binary) => Ok(binary.into_owned()),
-        Err(e) => Err(ServeError::Invalid {
+    match weft_wasix_context::first_missing_import(linker, &mut store, module) {
+        None => Ok(()),
+        Some(missing) => Err(ServeError::UnknownImport {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            module: missing.module,
+            name: missing.name,
+            kind: missing.kind,
         }),
     }
 }
