@@ -23,9 +23,9 @@ use std::sync::{Mutex, OnceLock, TryLockError};
 
 /// Every mapped fiber stack: guard page start -> (usable bottom, top).
 /// Written when a stack is mapped or unmapped (recycling a pooled stack does
-/// neither), read by the fault handler with `try_lock`, which never blocks:
-/// if the faulting thread itself holds the lock, the fault is forwarded
-/// undiagnosed rather than deadlocking.
+/// neither), read by the fault handler with a bounded number of `try_lock`s,
+/// which never block: if the lock stays held (the faulting thread itself may
+/// hold it), the fault is forwarded undiagnosed rather than deadlocking.
 static STACKS: Mutex<BTreeMap<usize, (usize, usize)>> = Mutex::new(BTreeMap::new());
 
 pub(crate) fn register_stack(guard: Range<usize>, usable: Range<usize>) {
@@ -42,12 +42,25 @@ fn lock_stacks() -> std::sync::MutexGuard<'static, BTreeMap<usize, (usize, usize
     STACKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How often the handler retries a registry held by another thread (which is
+/// mapping or unmapping a stack and releases it within microseconds) before
+/// giving up; if the faulting thread itself holds it, retrying cannot help,
+/// and the bound keeps the handler from hanging.
+const REGISTRY_RETRIES: u32 = 100_000;
+
 /// The usable range of the fiber stack whose guard page contains `address`.
 fn stack_guarded_at(address: usize) -> Option<Range<usize>> {
-    let stacks = match STACKS.try_lock() {
-        Ok(stacks) => stacks,
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return None,
+    let mut retries = 0;
+    let stacks = loop {
+        match STACKS.try_lock() {
+            Ok(stacks) => break stacks,
+            Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) if retries < REGISTRY_RETRIES => {
+                retries += 1;
+                std::hint::spin_loop();
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
     };
     let (&guard_start, &(bottom, top)) = stacks.range(..=address).next_back()?;
     (guard_start..bottom)
