@@ -5,12 +5,13 @@
 //! Conventions: `>= 0` is success, `< 0` is minus a WASI errno; reads copy at most `cap`
 //! bytes and return the full length; a buffer outside memory is `-EFAULT`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Caller, Extern, Linker};
 use weft_wasix_context::WasixContexts;
 
-use super::fetch::FetchRequest;
+use super::fetch::{FetchRequest, FetchResponse};
 use super::instance::{HostState, InstanceHttp, InstanceMsg, OpHandle};
 use crate::{Attribution, RequestId};
 
@@ -291,15 +292,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         MODULE,
         "fetch_status",
         |mut caller: Caller<'_, HostState>, handle: i32| {
-            with_guest(&mut caller, |_, http, _| match http.handles.get(&handle) {
-                Some(OpHandle::Fetch { done: None }) => -EAGAIN,
-                Some(OpHandle::Fetch {
-                    done: Some(Ok(response)),
-                }) => i32::from(response.status),
-                Some(OpHandle::Fetch {
-                    done: Some(Err(errno)),
-                }) => -errno,
-                _ => -EBADF,
+            with_guest(&mut caller, |_, http, _| {
+                match fetched(&http.handles, handle) {
+                    Ok(response) => i32::from(response.status),
+                    Err(negative_errno) => negative_errno,
+                }
             })
         },
     )?;
@@ -308,15 +305,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "fetch_body",
         |mut caller: Caller<'_, HostState>, handle: i32, buf: i32, cap: i32, offset: i32| {
             with_guest(&mut caller, |memory, http, _| {
-                match http.handles.get(&handle) {
-                    Some(OpHandle::Fetch {
-                        done: Some(Ok(response)),
-                    }) => copy_from_offset(memory, buf, cap, &response.body, offset),
-                    Some(OpHandle::Fetch { done: None }) => -EAGAIN,
-                    Some(OpHandle::Fetch {
-                        done: Some(Err(errno)),
-                    }) => -errno,
-                    _ => -EBADF,
+                match fetched(&http.handles, handle) {
+                    Ok(response) => copy_from_offset(memory, buf, cap, &response.body, offset),
+                    Err(negative_errno) => negative_errno,
                 }
             })
         },
@@ -482,6 +473,21 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         })
     })?;
     Ok(())
+}
+
+/// The finished fetch behind `handle`, or what the fetch imports answer instead: `-EAGAIN`
+/// while it is in flight, `-errno` when it failed, `-EBADF` for a handle that is no fetch.
+fn fetched(handles: &HashMap<i32, OpHandle>, handle: i32) -> Result<&FetchResponse, i32> {
+    match handles.get(&handle) {
+        Some(OpHandle::Fetch {
+            done: Some(Ok(response)),
+        }) => Ok(response),
+        Some(OpHandle::Fetch { done: None }) => Err(-EAGAIN),
+        Some(OpHandle::Fetch {
+            done: Some(Err(errno)),
+        }) => Err(-errno),
+        _ => Err(-EBADF),
+    }
 }
 
 #[cfg(test)]
