@@ -10,30 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <wasix/context.h>
+#include <weft/errno.h>
 
 /* Line-buffer stdout even into a pipe, so every line printed before a trap reaches the test. */
 __attribute__((constructor)) static void check_line_buffer_stdout(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
 }
 
-static inline const char *errno_name(int32_t err) {
-  switch (err) {
-  case 0:
-    return "SUCCESS";
-  case 6:
-    return "EAGAIN";
-  case 21:
-    return "EFAULT";
-  case 28:
-    return "EINVAL";
-  case 48:
-    return "ENOMEM";
-  case 58:
-    return "ENOTSUP";
-  default:
-    return "E?";
-  }
-}
+static inline const char *errno_name(int32_t err) { return weft_errno_name(err); }
 
 #define FAIL(...)                                                                                  \
   do {                                                                                             \

@@ -1,7 +1,7 @@
 /*
  * weft provides the context environment from `_start` on, so static initializers (C
  * constructors, which run before `main`) may already create and switch contexts, and `main`
- * keeps using them. (The seed leaves this implementation-defined; Wasmer does not allow it.)
+ * keeps using them. (The ABI leaves this implementation-defined; Wasmer does not allow it.)
  */
 #include "check.h"
 

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <wasix/context.h>
+#include <weft/errno.h>
 
 enum { MAX_SLOTS = 4096 };
 
@@ -41,24 +42,7 @@ static int arriving_slot;
 static int in_flight_op;
 static unsigned epoch;
 
-static const char *errno_name(int32_t err) {
-  switch (err) {
-  case 0:
-    return "SUCCESS";
-  case 6:
-    return "EAGAIN";
-  case 21:
-    return "EFAULT";
-  case 28:
-    return "EINVAL";
-  case 48:
-    return "ENOMEM";
-  case 58:
-    return "ENOTSUP";
-  default:
-    return "E?";
-  }
-}
+static const char *errno_name(int32_t err) { return weft_errno_name(err); }
 
 static int takes_int(int x) { return x; }
 

@@ -1,5 +1,5 @@
 //! The conformance guests of `guests/conformance/`: one rule of the WASIX context ABI
-//! (`/work/shared/docs/wasix-context-abi.md`) per guest, or per argument of a table-driven
+//! (`docs/wasix-context-abi.md`) per guest, or per argument of a table-driven
 //! guest. Every guest also checks itself and exits 1 with a `FAIL` line on a violation; the
 //! tests compare the whole stdout and the exit code.
 

@@ -2,7 +2,7 @@
 //! real `weft` binary, driven by a small HTTP/1.1 client, with an upstream HTTP server in this
 //! process that records the `weft-request-id` of every request it receives.
 //!
-//! One test per behaviour of issue 5: attribution of every upstream request (200 concurrent
+//! One test per behaviour of `weft serve`: attribution of every upstream request (200 concurrent
 //! requests whose handlers sleep, fetch, use a helper context or hand work to a worker that
 //! uses `enter`/`exit`; checked against the upstream's records, the access log, the response
 //! headers and the trace's flow arrows), post-response work (kept alive, or killed and counted

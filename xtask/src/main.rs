@@ -16,7 +16,8 @@ const HELP: &str = "\
 cargo xtask <command>
 
   demo                 run the main demo
-  test                 fmt check, clippy -D warnings, cargo test --workspace, test-aarch64
+  test                 fmt check, clippy -D warnings, cargo test --workspace, the loom
+                       model checks of weft-sched, test-aarch64
   test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
                        too when the Rust aarch64 target is installed)
   bench <name>         run a side-by-side benchmark: fiber, sched, wasix, serve
@@ -66,5 +67,25 @@ fn test() -> Result {
     // would compile wasmtime a second time.
     let weft = util::target_dir().join("debug").join("weft");
     run(cargo().args(["test", "--workspace"]).env("WEFT_BIN", weft))?;
+    loom()?;
     aarch64::test()
+}
+
+/// Model-checks weft-sched's lock-free protocols (idle/park and wake-up, the timer hand-off to
+/// the driver, `JoinCell`) with loom. `--cfg loom` changes how every crate is compiled, so the
+/// build gets its own target directory and leaves the normal cache alone; the preemption bound
+/// keeps the exploration to seconds.
+fn loom() -> Result {
+    let target = util::target_dir().join("loom");
+    // `run` echoes the command line only; say which environment reproduces it.
+    eprintln!(
+        "xtask: loom step: RUSTFLAGS=\"--cfg loom\" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR={}",
+        target.display()
+    );
+    run(cargo()
+        .args(["test", "-p", "weft-sched", "--release", "--lib", "loom"])
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", target)
+        .env("LOOM_MAX_PREEMPTIONS", "3"))
 }

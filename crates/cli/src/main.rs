@@ -149,7 +149,7 @@ fn run(args: RunArgs) -> i32 {
 }
 
 fn serve(args: ServeArgs) -> i32 {
-    let mut config = weft_http_attrib::server::ServeConfig::new(&args.wasm);
+    let mut config = weft_serve::ServeConfig::new(&args.wasm);
     config.listen = args.listen;
     if let Some(workers) = args.workers {
         config.workers = workers as usize;

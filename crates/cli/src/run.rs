@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 
-use wasmtime::{Config, Engine, Linker, Module, Store};
+use wasmtime::{Config, Engine, Linker, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
-use weft_wasix_context::{
-    ContextConfig, EntrypointReturned, GuestFileError, HostContexts, IncompatibleGuest,
-    WasixContexts,
-};
+use weft_wasix_context::{ContextConfig, EntrypointReturned, HostContexts, WasixContexts};
+
+pub use weft_wasix_context::LoadError;
 
 /// The exit status of a run whose context entrypoint returned (as in Wasmer).
 pub const EXIT_ENTRYPOINT_RETURNED: i32 = 129;
@@ -21,35 +20,9 @@ pub const EXIT_LOAD_ERROR: i32 = 1;
 /// Limit of captured output per stream.
 const CAPTURE_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Why a guest could not be started (nothing of it ran).
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    File(#[from] GuestFileError),
-    #[error(
-        "`{path}` imports `{module}.{name}` ({kind}), which weft does not provide (it provides \
-         wasi_snapshot_preview1 and wasix_32v1.context_create/context_switch/context_destroy)"
-    )]
-    UnknownImport {
-        path: PathBuf,
-        module: String,
-        name: String,
-        kind: &'static str,
-    },
-    #[error("`{path}` cannot use WASIX contexts: {source}")]
-    Incompatible {
-        path: PathBuf,
-        source: IncompatibleGuest,
-    },
-    #[error("`{0}` exports no `_start` function of type [] -> []: it is not a WASI command")]
-    NoStart(PathBuf),
-    #[error("cannot preopen directory `{host}`: {message}")]
-    Dir { host: PathBuf, message: String },
-    #[error("cannot instantiate `{path}`: {message}")]
-    Instantiate { path: PathBuf, message: String },
-    #[error("{0}")]
-    Setup(String),
-}
+/// What a WASI command's host provides, for the unknown-import message.
+const PROVIDED: &str =
+    "wasi_snapshot_preview1 and wasix_32v1.context_create/context_switch/context_destroy";
 
 /// How a run ended.
 #[derive(Debug)]
@@ -127,18 +100,11 @@ impl RunOptions {
     /// [`run`](Self::run) inside an existing tokio runtime.
     pub async fn run_async(&self) -> Result<RunOutcome, LoadError> {
         let path = &self.wasm;
-        let bytes = weft_wasix_context::read_core_module(path)?;
         let mut config = Config::new();
         self.contexts.configure_engine(&mut config);
         let engine = Engine::new(&config).map_err(|e| LoadError::Setup(format!("{e:?}")))?;
-        let module = Module::new(&engine, &bytes).map_err(|e| GuestFileError::Invalid {
-            path: path.clone(),
-            message: format!("{e:#}"),
-        })?;
-        weft_wasix_context::check_module(&module).map_err(|source| LoadError::Incompatible {
-            path: path.clone(),
-            source,
-        })?;
+        let module = weft_wasix_context::load_core_module(&engine, path)?;
+        weft_wasix_context::check_entry(&module, path, "_start", "a WASI command")?;
 
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut GuestState| {
@@ -156,16 +122,7 @@ impl RunOptions {
                 contexts: WasixContexts::new(self.contexts.clone()),
             },
         );
-        if let Some(missing) =
-            weft_wasix_context::first_missing_import(&linker, &mut store, &module)
-        {
-            return Err(LoadError::UnknownImport {
-                path: path.clone(),
-                module: missing.module,
-                name: missing.name,
-                kind: missing.kind,
-            });
-        }
+        weft_wasix_context::check_imports(&linker, &mut store, &module, path, PROVIDED)?;
         let instance = linker
             .instantiate_async(&mut store, &module)
             .await
@@ -175,7 +132,10 @@ impl RunOptions {
             })?;
         let start = instance
             .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(|_| LoadError::NoStart(path.clone()))?;
+            .map_err(|e| LoadError::Instantiate {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
 
         let result = start.call_async(&mut store, ()).await;
         // Suspended contexts die with the run: release them before anything else. (`Busy`
@@ -221,9 +181,11 @@ impl RunOptions {
         for (host, guest) in &self.dirs {
             builder
                 .preopened_dir(host, guest, FsPerms::ReadWrite)
-                .map_err(|e| LoadError::Dir {
-                    host: host.clone(),
-                    message: format!("{e:#}"),
+                .map_err(|e| {
+                    LoadError::Setup(format!(
+                        "cannot preopen directory `{}`: {e:#}",
+                        host.display()
+                    ))
                 })?;
         }
         let output = if self.capture_output {

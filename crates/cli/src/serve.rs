@@ -1,9 +1,9 @@
-//! `weft serve`: serve HTTP from a WASIX guest (crate `weft-http-attrib`), stop on SIGINT or
-//! SIGTERM after draining.
+//! `weft serve`: serve HTTP from a guest (crate `weft-serve`) until SIGINT or SIGTERM, then
+//! drain. What is left here is the process's part: signals, the ready line, the exit status.
 
 use std::io::Write;
 
-use weft_http_attrib::server::{ServeConfig, ServeError, Server};
+use weft_serve::{ServeConfig, ServeError, Server};
 
 /// Exit status when the guest cannot be loaded or the address cannot be bound.
 pub const EXIT_LOAD_ERROR: i32 = 1;

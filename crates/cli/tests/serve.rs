@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 const HELLO: &str = r#"(module
-  (import "weft_http" "response_write" (func $write (param i32 i32) (result i32)))
-  (import "weft_http" "response_finish" (func $finish (result i32)))
+  (import "weft_http_v1" "response_write" (func $write (param i32 i32) (result i32)))
+  (import "weft_http_v1" "response_finish" (func $finish (result i32)))
   (memory (export "memory") 1)
   (global (export "__stack_pointer") (mut i32) (i32.const 65536))
   (table (export "__indirect_function_table") 1 funcref)

@@ -56,6 +56,8 @@
 //!   prints `fiber stack overflow` with the stack's range and aborts instead
 //!   of crashing silently.
 
+#![warn(missing_docs)]
+
 mod arch;
 mod signal;
 mod stack;
@@ -79,6 +81,7 @@ pub enum FiberResult<Yield, Return> {
 }
 
 impl<Y, R> FiberResult<Y, R> {
+    /// The yielded value, or `None` if the fiber returned.
     pub fn into_yield(self) -> Option<Y> {
         match self {
             FiberResult::Yield(y) => Some(y),
@@ -86,6 +89,7 @@ impl<Y, R> FiberResult<Y, R> {
         }
     }
 
+    /// The returned value, or `None` if the fiber yielded.
     pub fn into_return(self) -> Option<R> {
         match self {
             FiberResult::Return(r) => Some(r),
@@ -155,7 +159,9 @@ unsafe fn received<I, Y>(passed: usize) -> ToFiber<I, Y> {
     if passed & UNWIND_BIT != 0 {
         ToFiber::Unwind(exchange)
     } else {
-        // SAFETY: per the function contract.
+        // SAFETY: the caller guarantees (function contract) that `passed`
+        // names a live exchange; UNWIND_BIT is clear, so its `input` is
+        // written and not yet read, and this is its one read.
         ToFiber::Resume(unsafe { (*exchange).input.assume_init_read() }, exchange)
     }
 }
@@ -281,10 +287,14 @@ impl<I, Y, R> Fiber<I, Y, R> {
         let mut exchange = Exchange::new(MaybeUninit::new(input));
         if self.switch_in(&mut exchange, 0) == YIELDED {
             self.state = State::Suspended;
-            // SAFETY: the fiber wrote `yielded` and said so (Exchange protocol).
+            // SAFETY: Exchange protocol: the fiber (`Suspender::suspend`)
+            // wrote `yielded` and passed back YIELDED to say so; this is
+            // the one read of it.
             FiberResult::Yield(unsafe { exchange.head.yielded.assume_init_read() })
         } else {
-            // SAFETY: the fiber wrote `finished` and said so.
+            // SAFETY: Exchange protocol: anything but YIELDED is FINISHED,
+            // passed back by `fiber_entry` after writing `finished`; this
+            // is the one read of it.
             self.finish(unsafe { exchange.finished.assume_init_read() })
         }
     }
@@ -342,7 +352,11 @@ impl<I, Y, R> Drop for Fiber<I, Y, R> {
             // its memory goes away with the stack.
             State::Suspended | State::Finished => {}
         }
-        // SAFETY: the fiber no longer runs and nothing points into its stack.
+        // SAFETY: `&mut self` means the fiber is not running (a running
+        // fiber's resumer is blocked in `resume`, which borrows it), and it
+        // is now unstarted with its body dropped, finished, or unwound above
+        // (or, without unwinding, abandoned), so nothing will use its stack
+        // again. `stack` is dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.stack) };
     }
 }
@@ -355,12 +369,14 @@ impl<I, Y, R> Fiber<I, Y, R> {
         loop {
             let mut exchange = Exchange::new(MaybeUninit::uninit());
             if self.switch_in(&mut exchange, UNWIND_BIT) == YIELDED {
-                // SAFETY: the fiber wrote `yielded` and said so.
+                // SAFETY: Exchange protocol, as in `resume`: YIELDED means
+                // `yielded` was written; this is its one read.
                 drop(unsafe { exchange.head.yielded.assume_init_read() });
                 continue;
             }
             self.state = State::Finished;
-            // SAFETY: the fiber wrote `finished` and said so.
+            // SAFETY: Exchange protocol, as in `resume`: anything but
+            // YIELDED means `finished` was written; this is its one read.
             let finished = unsafe { exchange.finished.assume_init_read() };
             if let Finished::Panic(payload) = finished
                 && !std::thread::panicking()
@@ -483,7 +499,9 @@ fn resumed_after_finish() -> ! {
 /// # Safety
 /// `body` points at a live `F` that nothing else will drop.
 unsafe fn drop_erased<F>(body: *mut u8) {
-    // SAFETY: per the function contract.
+    // SAFETY: the caller guarantees (function contract) a live, aligned `F`
+    // at `body` that nothing else drops: `Fiber::drop` calls this only for
+    // an unstarted fiber, whose body `fiber_entry` never took.
     unsafe { ptr::drop_in_place(body as *mut F) }
 }
 

@@ -4,9 +4,9 @@
 //! guard page and gets SIGSEGV (SIGBUS on some kernels). With no handler,
 //! that is a silent crash. This module installs, once per process, a
 //! SIGSEGV/SIGBUS handler that runs on an alternate signal stack (the
-//! faulting stack is unusable), recognises a fault in the guard page of the
-//! fiber running on this thread, prints `fiber stack overflow` with the
-//! fiber's stack range to stderr and aborts.
+//! faulting stack is unusable), recognises a fault in the guard page of a
+//! fiber stack this crate mapped (whichever thread runs on it), prints
+//! `fiber stack overflow` with that stack's range to stderr and aborts.
 //!
 //! Every other fault is passed, unchanged, to the handler that was installed
 //! before ours (wasmtime's trap handler, Rust's own stack-overflow handler,
@@ -38,7 +38,9 @@ pub(crate) fn unregister_stack(guard_start: usize) {
 }
 
 fn lock_stacks() -> std::sync::MutexGuard<'static, BTreeMap<usize, (usize, usize)>> {
-    // The map stays consistent even if a holder panicked.
+    // Holders only insert or remove one entry, and neither leaves the map
+    // broken (a failed allocation aborts rather than unwinds), so a poisoned
+    // lock still guards a usable map.
     STACKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -74,7 +76,8 @@ thread_local! {
 
 /// Makes sure the calling thread can run the fault handler when a fiber
 /// stack is exhausted (it needs an alternate signal stack). Called when a
-/// fiber is created, not on every switch.
+/// fiber is created, not on every switch; the thread-local flag makes every
+/// call after a thread's first one a single load.
 #[inline]
 pub(crate) fn prepare_thread() {
     if !THREAD_CHECKED.get() {
@@ -89,12 +92,17 @@ static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
 /// Installs the SIGSEGV/SIGBUS handler once per process.
 pub(crate) fn install_overflow_handler() {
     PREVIOUS.get_or_init(|| {
-        // SAFETY: sigaction with a zeroed struct only reads the current
-        // handler; our handler is async-signal-safe (it reads a Cell and
-        // PREVIOUS, calls write(2) and abort(3)). The returned previous
-        // handlers are stored before ours can run, because OnceLock makes
-        // the value visible before get_or_init returns and the handler
-        // only runs for faults after that.
+        // SAFETY: `sigaction` is plain data, so zeroed structs are valid
+        // values; passing a null new action only reads the current handler
+        // into `previous`. Installing `on_fault` is sound because it only does
+        // async-signal-safe work: it `try_lock`s the STACKS registry (an
+        // atomic compare-and-swap, retried a bounded number of times, never a
+        // blocking wait) and reads it without allocating, reads PREVIOUS, and
+        // calls write(2) and abort(3) or the previous handler. A fault that
+        // reaches `on_fault` on another thread between the install below and
+        // `get_or_init` storing `previous` finds PREVIOUS empty and returns,
+        // so the faulting instruction runs again until the value is stored;
+        // this thread runs no faulting code in that window.
         unsafe {
             let mut previous: [libc::sigaction; 2] = std::mem::zeroed();
             let mut ours: libc::sigaction = std::mem::zeroed();
@@ -117,28 +125,39 @@ extern "C" fn on_fault(
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    // SAFETY: `on_fault` is installed with SA_SIGINFO only (in
+    // `install_overflow_handler`), and for such handlers the kernel passes a
+    // valid siginfo.
     let address = unsafe { (*info).si_addr() } as usize;
     if let Some(stack) = stack_guarded_at(address) {
         report_overflow(address, stack);
     }
     let Some(previous) = PREVIOUS.get() else {
+        // Not stored yet (see `install_overflow_handler`): returning runs the
+        // faulting instruction again, by then with PREVIOUS set.
         return;
     };
     let previous = &previous[usize::from(signal == libc::SIGBUS)];
     let handler = previous.sa_sigaction;
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // SAFETY: restoring the previous disposition; returning re-executes
-        // the faulting instruction, which then gets the default action.
+        // SAFETY: `previous` is the disposition `sigaction` itself reported
+        // (stored by `install_overflow_handler`), so handing it back is
+        // valid. It replaces ours process-wide for this signal. Returning
+        // runs the faulting instruction again, which then gets the default
+        // action (the kernel does not let SIG_IGN ignore a hardware fault).
         unsafe { libc::sigaction(signal, previous, std::ptr::null_mut()) };
     } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: a handler installed with SA_SIGINFO has this signature;
-        // we forward exactly what the kernel gave us.
+        // SAFETY: `handler` is neither SIG_DFL nor SIG_IGN, so it is the
+        // address of a function; whoever installed it with SA_SIGINFO gave a
+        // function of this signature (sigaction's contract). We forward
+        // exactly what the kernel gave us.
         let forward: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
             unsafe { std::mem::transmute(handler) };
         forward(signal, info, context);
     } else {
-        // SAFETY: a handler installed without SA_SIGINFO takes the signal only.
+        // SAFETY: `handler` is the address of a function (neither SIG_DFL nor
+        // SIG_IGN); whoever installed it without SA_SIGINFO gave a function
+        // taking the signal number only (sigaction's contract).
         let forward: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
         forward(signal);
     }
@@ -155,7 +174,8 @@ fn report_overflow(address: usize, stack: Range<usize>) -> ! {
     message.push(b" (");
     message.push_decimal((stack.end - stack.start) / 1024);
     message.push(b" KiB); aborting\n");
-    // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is ours.
+    // SAFETY: write(2) and abort(3) are async-signal-safe; `message` is a
+    // local buffer and `len` never exceeds its size (`Message::push` clamps).
     unsafe {
         libc::write(2, message.bytes.as_ptr().cast(), message.len);
         libc::abort();
@@ -216,8 +236,8 @@ impl Message {
 #[cold]
 #[inline(never)]
 fn ensure_altstack() {
-    // SAFETY: stack_t is plain data (zero is a valid value); querying the
-    // current alternate stack only writes `current`.
+    // SAFETY: stack_t is plain data (zero is a valid value); with a null new
+    // stack, sigaltstack only writes the current one into `current`.
     let current = unsafe {
         let mut current: libc::stack_t = std::mem::zeroed();
         libc::sigaltstack(std::ptr::null(), &mut current);
@@ -234,8 +254,10 @@ fn ensure_altstack() {
                 ss_flags: 0,
                 ss_size: range.end - range.start,
             };
-            // SAFETY: the memory stays mapped while it is installed: it is
-            // owned by OWN_ALTSTACK, whose destructor uninstalls it first.
+            // SAFETY: `wanted` describes memory we just mapped, and it stays
+            // mapped while installed: it moves into OWN_ALTSTACK below (only
+            // if the install succeeded), and `AltStack::drop` uninstalls it
+            // before its `Stack` field unmaps it.
             if unsafe { libc::sigaltstack(&wanted, std::ptr::null_mut()) } == 0 {
                 own.replace(Some(AltStack(stack)));
             }
@@ -254,7 +276,11 @@ impl Drop for AltStack {
             ss_flags: libc::SS_DISABLE,
             ss_size: 0,
         };
-        // SAFETY: disabling the alternate stack before its memory is unmapped.
+        // SAFETY: SS_DISABLE with a null old-stack pointer only uninstalls
+        // this thread's alternate stack; it runs before the `Stack` field is
+        // dropped (fields drop after `drop`), so the memory is never
+        // installed while unmapped. This runs at thread exit, outside any
+        // signal handler, so the stack is not in use.
         unsafe { libc::sigaltstack(&disable, std::ptr::null_mut()) };
     }
 }

@@ -102,7 +102,9 @@ impl Stack {
 
     /// The highest address of the stack (exclusive), 16-byte aligned.
     pub(crate) fn top(&self) -> *mut u8 {
-        // SAFETY: base + len is one past the end of the mapping.
+        // SAFETY: `base` and `len` describe one mapping (set by `Stack::map`,
+        // never changed), so `base + len` is its one-past-the-end address,
+        // which `add` may compute.
         unsafe { self.base.add(self.len) }
     }
 }
@@ -165,8 +167,10 @@ impl std::fmt::Debug for Stack {
 
 fn unmap(base: *mut u8, len: usize) {
     signal::unregister_stack(base as usize);
-    // SAFETY: (base, len) is a whole mapping made by Stack::new that no live
-    // Stack or fiber refers to any more (its owner is being dropped).
+    // SAFETY: (base, len) is a whole mapping made by `Stack::map`, owned by
+    // exactly one Stack or cached RawStack, whose owner is dropping it now;
+    // a fiber keeps its Stack until it can no longer run, so nothing refers
+    // to the memory any more.
     let rc = unsafe { libc::munmap(base.cast(), len) };
     debug_assert_eq!(rc, 0, "munmap of a fiber stack failed");
 }
@@ -280,6 +284,9 @@ impl StackPool {
         }
     }
 
+    /// The configuration in effect: as given to [`StackPool::new`], with `stack_size`
+    /// rounded up to whole pages (and at least [`Stack::MIN_SIZE`]) and `max_cached` at
+    /// least 1.
     pub fn config(&self) -> PoolConfig {
         self.shared.config
     }

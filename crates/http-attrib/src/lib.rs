@@ -6,7 +6,6 @@ mod component;
 mod green;
 mod ids;
 mod registry;
-pub mod server;
 mod trace;
 
 pub use access_log::AccessLogLine;

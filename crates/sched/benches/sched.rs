@@ -34,7 +34,9 @@ fn line(metric: &str, weft: f64, tokio: f64, precision: usize) {
 
 fn process_cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the zero-initialised struct we pass.
+    // SAFETY: the pointer is to a live `MaybeUninit<rusage>` that getrusage may write; the
+    // struct was zero-initialised and all-zero bytes are a valid `rusage` (plain integers), so
+    // `assume_init` is sound whether or not the call filled it.
     let usage = unsafe {
         libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
         usage.assume_init()

@@ -128,7 +128,9 @@ pub struct SendError<T>(pub T);
 /// Why `try_send` did not send.
 #[derive(PartialEq, Eq)]
 pub enum TrySendError<T> {
+    /// The channel is at capacity; the value is returned.
     Full(T),
+    /// The receivers are all gone; the value is returned.
     Disconnected(T),
 }
 
@@ -139,7 +141,9 @@ pub struct RecvError;
 /// Why `try_recv` returned nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TryRecvError {
+    /// Nothing is queued right now (senders remain).
     Empty,
+    /// The senders are all gone and the channel is empty.
     Disconnected,
 }
 
@@ -237,6 +241,7 @@ impl<T> Sender<T> {
         self.chan.lock().items.len()
     }
 
+    /// True if no item is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -307,10 +312,12 @@ impl<T> Receiver<T> {
         std::iter::from_fn(move || self.recv().ok())
     }
 
+    /// Items currently queued.
     pub fn len(&self) -> usize {
         self.chan.lock().items.len()
     }
 
+    /// True if no item is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -470,7 +477,7 @@ impl<T> fmt::Debug for Receiver<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use proptest::prelude::*;

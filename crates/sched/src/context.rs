@@ -54,7 +54,8 @@ pub(crate) fn current_shared() -> Option<Arc<Shared>> {
     }
     let worker = current_worker();
     if !worker.is_null() {
-        // SAFETY: a non-null WORKER points at the live worker loop of this thread.
+        // SAFETY: a non-null WORKER is set by `worker_main` to its own `WorkerLocal` and cleared
+        // before that local is dropped, so it is the live worker loop of this thread.
         return Some(unsafe { (*worker).shared().clone() });
     }
     ENTERED.with(|e| e.borrow().last().cloned())

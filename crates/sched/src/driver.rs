@@ -346,7 +346,8 @@ struct TimerFd {
 impl TimerFd {
     fn new(registry: &Registry, monotonic_base_ns: u64) -> io::Result<TimerFd> {
         use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: plain syscall; the result is checked before use.
+        // SAFETY: timerfd_create takes no pointers and has no preconditions; a negative result
+        // is checked below before the descriptor is used.
         let raw = unsafe {
             libc::timerfd_create(
                 libc::CLOCK_MONOTONIC,
@@ -406,7 +407,9 @@ impl TimerFd {
     fn acknowledge(&mut self) {
         use std::os::fd::AsRawFd;
         let mut expirations = 0u64;
-        // SAFETY: reads 8 bytes into a local u64 from our non-blocking timerfd.
+        // SAFETY: the pointer and length describe a live local u64 that `read` may fill; the
+        // descriptor is our own open timerfd (owned by `self.fd`, non-blocking). A failed or
+        // short read leaves the local as it was, and its value is not used anyway.
         unsafe {
             libc::read(
                 self.fd.as_raw_fd(),
@@ -425,7 +428,7 @@ pub(crate) fn monotonic_now_ns() -> Option<u64> {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: clock_gettime writes into the local timespec.
+    // SAFETY: `ts` is a live, writable local timespec, the only memory clock_gettime writes.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }

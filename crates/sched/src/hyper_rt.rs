@@ -35,15 +35,17 @@ impl hyper::rt::Read for TcpStream {
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        // SAFETY: the bytes handed to `read(2)` are only written by the kernel, never read, and
-        // `advance` below covers exactly the `n` bytes it reported as written (the contract of
+        // SAFETY: `poll_read` hands the slice straight to mio's `read`, i.e. `read(2)`, so the
+        // uninitialised bytes are only written by the kernel, never read; `advance` below
+        // covers exactly the `n` bytes it reported as written (the contract of
         // `ReadBufCursor::as_mut` / `advance`).
         let n = unsafe {
             let unfilled: &mut [MaybeUninit<u8>] = buf.as_mut();
             let unfilled = &mut *(unfilled as *mut [MaybeUninit<u8>] as *mut [u8]);
             ready!(self.into_ref().get_ref().poll_read(cx, unfilled))?
         };
-        // SAFETY: `n` bytes were just initialised by the read.
+        // SAFETY: the read just initialised the first `n` bytes of the unfilled part
+        // (`read(2)` returns at most the length it was given).
         unsafe { buf.advance(n) };
         Poll::Ready(Ok(()))
     }
@@ -89,6 +91,7 @@ pub struct HyperExecutor {
 }
 
 impl HyperExecutor {
+    /// An executor spawning on the runtime of `handle`.
     pub fn new(handle: Handle) -> HyperExecutor {
         HyperExecutor { handle }
     }
@@ -119,6 +122,7 @@ pub struct HyperTimer {
 }
 
 impl HyperTimer {
+    /// A timer on the runtime of `handle`.
     pub fn new(handle: Handle) -> HyperTimer {
         HyperTimer { handle }
     }

@@ -27,6 +27,8 @@
 //!
 //! See the crate README for the design and its invariants.
 
+#![warn(missing_docs)]
+
 mod bridge;
 pub mod channel;
 mod context;
@@ -36,6 +38,7 @@ pub mod hyper_rt;
 mod net;
 mod preempt;
 mod runtime;
+mod sync;
 mod task;
 mod timer;
 

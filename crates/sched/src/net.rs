@@ -139,6 +139,7 @@ impl TcpListener {
         Ok((self.adopt(stream)?, addr))
     }
 
+    /// Accepts a connection if one is ready, else registers `cx`'s waker (for async code).
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
         let (stream, addr) = ready!(self.inner.poll_op(cx, Direction::Read, |l| l.accept()))?;
         Poll::Ready(self.adopt(stream).map(|s| (s, addr)))
@@ -151,6 +152,7 @@ impl TcpListener {
         })
     }
 
+    /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.source.local_addr()
     }
@@ -216,22 +218,27 @@ impl TcpStream {
         })
     }
 
+    /// The address of the remote end.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.source.peer_addr()
     }
 
+    /// The address of the local end.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.source.local_addr()
     }
 
+    /// Sets `TCP_NODELAY` (disables Nagle's algorithm when true).
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         self.inner.source.set_nodelay(nodelay)
     }
 
+    /// Whether `TCP_NODELAY` is set.
     pub fn nodelay(&self) -> io::Result<bool> {
         self.inner.source.nodelay()
     }
 
+    /// Shuts down the read half, the write half, or both.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.inner.source.shutdown(how)
     }
@@ -246,15 +253,18 @@ impl TcpStream {
         self.inner.wait(Direction::Write);
     }
 
+    /// Reads if data (or end of stream) is ready, else registers `cx`'s waker (for async code).
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         self.inner.poll_op(cx, Direction::Read, |mut s| s.read(buf))
     }
 
+    /// Writes if the socket has room, else registers `cx`'s waker (for async code).
     pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.inner
             .poll_op(cx, Direction::Write, |mut s| s.write(buf))
     }
 
+    /// Like [`poll_write`](TcpStream::poll_write), from several buffers in one system call.
     pub fn poll_write_vectored(
         &self,
         cx: &mut Context<'_>,

@@ -29,6 +29,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use crate::context;
 use crate::fiber::{Fiber, Suspender};
 use crate::runtime::Shared;
+use crate::sync;
 
 /// Why a fiber handed control back to its worker.
 pub(crate) enum Suspend {
@@ -382,12 +383,18 @@ impl<T> Drop for CompleteOnDrop<T> {
 /// `state` bits: COMPLETE (the result is written), WAKER (the joiner published a waker). Each
 /// slot has one writer at a time: the completer writes `result` once, before setting COMPLETE;
 /// the joiner writes `waker` only while WAKER is clear and publishes it by setting WAKER with a
-/// CAS that fails if COMPLETE got set meanwhile; once the completer sees WAKER in the state it
-/// replaced, the waker is its to take.
+/// CAS that fails if COMPLETE got set meanwhile. A completer that sees WAKER in the state it
+/// replaced only reads the slot (it wakes the waker by reference, while the joiner may be
+/// reading it too, to compare it with its current waker), then hands the slot back by clearing
+/// WAKER; a joiner that sees COMPLETE with WAKER clear owns the slot again and drops the waker
+/// (else the waker is dropped with the cell).
+///
+/// Its atomics and cells come from `crate::sync`, so the loom tests at the end of this file
+/// model-check exactly this code.
 struct JoinCell<T> {
-    state: AtomicU8,
-    result: UnsafeCell<Option<Result<T, JoinError>>>,
-    waker: UnsafeCell<Option<Waker>>,
+    state: sync::AtomicU8,
+    result: sync::UnsafeCell<Option<Result<T, JoinError>>>,
+    waker: sync::UnsafeCell<Option<Waker>>,
 }
 
 const JOIN_COMPLETE: u8 = 1;
@@ -402,9 +409,9 @@ unsafe impl<T: Send> Send for JoinCell<T> {}
 impl<T> JoinCell<T> {
     fn new() -> Self {
         JoinCell {
-            state: AtomicU8::new(0),
-            result: UnsafeCell::new(None),
-            waker: UnsafeCell::new(None),
+            state: sync::AtomicU8::new(0),
+            result: sync::UnsafeCell::new(None),
+            waker: sync::UnsafeCell::new(None),
         }
     }
 
@@ -414,16 +421,27 @@ impl<T> JoinCell<T> {
 
     /// Called once, by the task (or its drop).
     fn complete(&self, result: Result<T, JoinError>) {
-        // SAFETY: only the completer writes `result`, once, and the joiner reads it only after
-        // observing COMPLETE, which is set after this write (Release below).
-        unsafe { *self.result.get() = Some(result) };
+        self.result.with_mut(|slot| {
+            // SAFETY: only the completer writes `result`, once (`CompleteOnDrop` takes the cell
+            // out of its `Option`), and the joiner reads it only after observing COMPLETE,
+            // which is set after this write (Release half of the `fetch_or` below).
+            unsafe { *slot = Some(result) }
+        });
         let previous = self.state.fetch_or(JOIN_COMPLETE, Ordering::AcqRel);
         if previous & JOIN_WAKER != 0 {
-            // SAFETY: WAKER was published, and the joiner never touches the slot again once
-            // COMPLETE is set (its CASes expect COMPLETE clear), so the slot is ours.
-            if let Some(waker) = unsafe { (*self.waker.get()).take() } {
-                waker.wake();
-            }
+            self.waker.with(|slot| {
+                // SAFETY: WAKER was published, and the Acquire half of the `fetch_or` makes the
+                // joiner's write of the slot visible. Until the `fetch_and` below clears WAKER
+                // the joiner only reads the slot: it writes it only after clearing WAKER itself
+                // with a CAS that expects COMPLETE clear (which fails from now on), and drops
+                // it only once it sees WAKER clear with COMPLETE set. So this read races with
+                // no write (the joiner's `will_wake` check may run concurrently with it).
+                if let Some(waker) = unsafe { (*slot).as_ref() } {
+                    waker.wake_by_ref();
+                }
+            });
+            // Hand the slot back (Release: our read comes before the joiner's drop of it).
+            self.state.fetch_and(!JOIN_WAKER, Ordering::AcqRel);
         }
     }
 
@@ -431,10 +449,12 @@ impl<T> JoinCell<T> {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
         let mut state = self.state.load(Ordering::Acquire);
         if state & JOIN_COMPLETE == 0 && state & JOIN_WAKER != 0 {
-            // SAFETY: WAKER is set and COMPLETE is not, so the completer has not taken the
-            // slot; reading it to compare is fine because only we write it.
-            let same =
-                unsafe { (*self.waker.get()).as_ref() }.is_some_and(|w| w.will_wake(cx.waker()));
+            let same = self.waker.with(|slot| {
+                // SAFETY: only this joiner writes the slot, and only while WAKER is clear; the
+                // completer may set COMPLETE after the load above and read the slot too, but
+                // never writes it, so this read races with no write.
+                unsafe { (*slot).as_ref() }.is_some_and(|w| w.will_wake(cx.waker()))
+            });
             if same {
                 return Poll::Pending;
             }
@@ -450,8 +470,13 @@ impl<T> JoinCell<T> {
             }
         }
         if state & JOIN_COMPLETE == 0 {
-            // SAFETY: WAKER is clear, so the completer will not touch the slot.
-            unsafe { *self.waker.get() = Some(cx.waker().clone()) };
+            self.waker.with_mut(|slot| {
+                // SAFETY: WAKER is clear in the state our last CAS wrote (or it was never set)
+                // and COMPLETE was clear then: a completer acts on the slot only if its
+                // `fetch_or` finds WAKER set, which needs the CAS below to succeed first, and
+                // that CAS releases this write.
+                unsafe { *slot = Some(cx.waker().clone()) }
+            });
             match self.state.compare_exchange(
                 state,
                 state | JOIN_WAKER,
@@ -463,9 +488,21 @@ impl<T> JoinCell<T> {
             }
         }
         debug_assert!(state & JOIN_COMPLETE != 0);
-        // SAFETY: COMPLETE was observed with Acquire, so the completer's write is visible and
-        // it no longer touches `result`; only the joiner takes it.
-        let result = unsafe { (*self.result.get()).take() };
+        if state & JOIN_WAKER == 0 {
+            let waker = self.waker.with_mut(|slot| {
+                // SAFETY: COMPLETE is set and WAKER clear in the state read last (with Acquire):
+                // either the waker was never published (the completer does not touch the slot)
+                // or the completer's `fetch_and` handed it back after its last read. No one
+                // else accesses the slot any more.
+                unsafe { (*slot).take() }
+            });
+            drop(waker);
+        }
+        let result = self.result.with_mut(|slot| {
+            // SAFETY: COMPLETE was observed with Acquire, so the completer's write is visible
+            // and it no longer touches `result`; only the joiner (`&mut JoinHandle`) takes it.
+            unsafe { (*slot).take() }
+        });
         Poll::Ready(result.expect("JoinHandle polled after it returned its result"))
     }
 }
@@ -591,6 +628,7 @@ impl std::error::Error for JoinError {}
 pub struct TaskId(pub(crate) u64);
 
 impl TaskId {
+    /// The id as a number.
     pub fn as_u64(self) -> u64 {
         self.0
     }
@@ -608,6 +646,7 @@ impl TaskHandle {
         self.task.unpark();
     }
 
+    /// The task's id (unique within the process).
     pub fn id(&self) -> TaskId {
         TaskId(self.task.id)
     }
@@ -663,7 +702,9 @@ pub fn park() {
     // No `Arc` kept on the stack across the suspension (see `current_task_waker_ref`), and the
     // thread-local is re-read after it, since the fiber may resume on another OS thread.
     loop {
-        // SAFETY: inside a green thread, `current_task` is the live running task.
+        // SAFETY: this is a green thread (asserted above), and the thread-local is re-read after
+        // every suspension: a non-null current task is the task running here, kept alive by the
+        // worker that resumed it (it holds an `Arc<Task>` until the fiber suspends).
         if unsafe { (*context::current_task()).take_unpark_token() } {
             return;
         }
@@ -678,5 +719,81 @@ pub fn yield_now() {
         suspend_current(Suspend::Yield);
     } else {
         std::thread::yield_now();
+    }
+}
+
+/// Model checks of `JoinCell`: run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p weft-sched --release --lib loom`. Besides the
+/// assertions, loom checks every access to the `result` and `waker` cells for races.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::thread;
+    use std::task::Wake;
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn counting_waker() -> (Arc<CountWakes>, Waker) {
+        let count = Arc::new(CountWakes(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn poll(cell: &JoinCell<u32>, waker: &Waker) -> Poll<u32> {
+        cell.poll_join(&mut Context::from_waker(waker))
+            .map(|r| r.expect("the task completed with a value"))
+    }
+
+    /// The completer races with the first poll: the joiner gets the value at once, or its waker
+    /// is woken and the next poll gets it.
+    #[test]
+    fn loom_join_cell_hands_over_the_result_or_the_wake_up() {
+        loom::model(|| {
+            let cell = Arc::new(JoinCell::new());
+            let completer = {
+                let cell = cell.clone();
+                thread::spawn(move || cell.complete(Ok(7)))
+            };
+            let (wakes, waker) = counting_waker();
+            let first = poll(&cell, &waker);
+            completer.join().unwrap();
+            if first.is_pending() {
+                assert_eq!(wakes.0.load(Ordering::Acquire), 1, "lost wake-up");
+                assert_eq!(poll(&cell, &waker), Poll::Ready(7));
+            } else {
+                assert_eq!(first, Poll::Ready(7));
+            }
+        });
+    }
+
+    /// A joiner re-polling with a new waker (it moved to another task) races with the completer:
+    /// the newest waker is the one woken, and the slot changes hands without a race.
+    #[test]
+    fn loom_join_cell_wakes_the_latest_waker() {
+        loom::model(|| {
+            let cell = Arc::new(JoinCell::new());
+            let (first_wakes, first) = counting_waker();
+            assert!(poll(&cell, &first).is_pending());
+            let completer = {
+                let cell = cell.clone();
+                thread::spawn(move || cell.complete(Ok(7)))
+            };
+            let (second_wakes, second) = counting_waker();
+            let result = poll(&cell, &second);
+            completer.join().unwrap();
+            if result.is_pending() {
+                assert_eq!(second_wakes.0.load(Ordering::Acquire), 1, "lost wake-up");
+                assert_eq!(poll(&cell, &second), Poll::Ready(7));
+            } else {
+                assert_eq!(result, Poll::Ready(7));
+            }
+            assert!(first_wakes.0.load(Ordering::Acquire) <= 1);
+        });
     }
 }

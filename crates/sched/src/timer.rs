@@ -9,12 +9,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::runtime::Shared;
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, fence};
 
 const NO_DEADLINE: u64 = u64::MAX;
 const FREE: u32 = u32::MAX;
@@ -198,8 +199,9 @@ pub(crate) struct Timers {
     base: Instant,
     heap: Mutex<TimerHeap>,
     earliest: AtomicU64,
-    /// A worker is blocked in the driver with a deadline computed from `earliest`.
-    pub(crate) driver_parked: AtomicBool,
+    /// A worker is blocked in the driver with a deadline computed from `earliest` (the
+    /// hand-off is described in `runtime/idle.rs`).
+    driver_parked: AtomicBool,
     /// Timer wake-ups of an idle worker are at least this far apart: a timer due sooner after
     /// the previous firing waits for the rest of the window, so a burst of nearby deadlines
     /// costs a few wake-ups, not one each (sleeps are never shortened).
@@ -254,6 +256,35 @@ impl Timers {
             .load(Ordering::Relaxed)
             .saturating_add(self.coalesce_ns);
         Some(earliest.max(window_end))
+    }
+
+    /// A worker is about to block in the driver: returns the deadline to wake up at.
+    pub(crate) fn enter_driver(&self) -> Option<u64> {
+        self.driver_parked.store(true, Ordering::SeqCst);
+        // F4, pairs with F3 in `driver_needs_kick`: either `wake_deadline` below sees a new
+        // earliest deadline published before F3, or the inserter's load after F3 sees
+        // `driver_parked` and kicks the poll.
+        fence(Ordering::SeqCst);
+        self.wake_deadline()
+    }
+
+    /// The worker is back from the driver.
+    pub(crate) fn leave_driver(&self) {
+        self.driver_parked.store(false, Ordering::SeqCst);
+    }
+
+    /// After `insert` published a new earliest deadline: true if a worker blocks in the driver
+    /// with a deadline that may not include it, so the poll must be kicked to re-arm.
+    pub(crate) fn driver_needs_kick(&self) -> bool {
+        // F3, pairs with F4 in `enter_driver`: either this load sees `driver_parked`, or the
+        // driver's read of `earliest` after F4 sees the deadline published before F3.
+        fence(Ordering::SeqCst);
+        self.driver_parked.load(Ordering::SeqCst)
+    }
+
+    /// A worker blocks in the driver (a hint for handing the driver role over).
+    pub(crate) fn is_driver_parked(&self) -> bool {
+        self.driver_parked.load(Ordering::SeqCst)
     }
 
     /// True if a timer is due; reads the clock only when a timer is pending at all.
@@ -346,6 +377,10 @@ impl Sleep {
         Sleep::on(shared, deadline)
     }
 
+    /// A sleep of `duration` from now on the current runtime.
+    ///
+    /// # Panics
+    /// Outside a runtime, as [`Sleep::until`].
     pub fn new(duration: Duration) -> Sleep {
         Sleep::until(instant_after(duration))
     }
@@ -444,7 +479,7 @@ pub fn sleep_until(deadline: Instant) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
@@ -541,6 +576,42 @@ mod tests {
                 prop_assert_eq!(heap.len(), model.len());
                 prop_assert_eq!(heap.earliest(), model.iter().map(|m| m.0).min());
             }
+        });
+    }
+}
+
+/// Model check of the timer hand-off to the driver (F3 ↔ F4, described in `runtime/idle.rs`):
+/// run with `RUSTFLAGS="--cfg loom" cargo test -p weft-sched --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    /// A timer inserted while a worker enters the driver is either in the deadline the driver
+    /// polls with, or the inserter kicks the poll (a sticky eventfd write).
+    #[test]
+    fn loom_a_new_earliest_timer_reaches_the_driver() {
+        loom::model(|| {
+            let timers = loom::sync::Arc::new(Timers::new(Duration::ZERO));
+            let kicked = loom::sync::Arc::new(AtomicBool::new(false));
+            let inserter = {
+                let (timers, kicked) = (timers.clone(), kicked.clone());
+                thread::spawn(move || {
+                    // What `Sleep::poll` and `Shared::timer_moved_earlier` do.
+                    let (_, is_earliest) = timers.insert(1_000_000_000, Waker::noop().clone());
+                    if is_earliest && timers.driver_needs_kick() {
+                        kicked.store(true, Ordering::Release);
+                    }
+                })
+            };
+            let deadline = timers.enter_driver();
+            inserter.join().unwrap();
+            let kicked = kicked.load(Ordering::Acquire);
+            timers.leave_driver();
+            assert!(
+                deadline.is_some() || kicked,
+                "lost timer: the driver polls without the deadline and no kick is coming"
+            );
         });
     }
 }

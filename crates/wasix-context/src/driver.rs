@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 use wasmtime::{AsContextMut, StoreContextMut};
 
 use crate::context_future::{ContextFuture, Owner};
-use crate::{ContextId, EntrypointReturned, GuestBinding, MAIN_CONTEXT, WasixContexts};
+use crate::{
+    ContextEvent, ContextId, EntrypointReturned, GuestBinding, MAIN_CONTEXT, WasixContexts,
+};
 
 pub(crate) struct Driver<'a, T, G>
 where
@@ -94,6 +96,7 @@ where
         let state = (self.get)(self.store.data_mut());
         let owner = Owner::of(state);
         let id = state.table.terminate_active();
+        state.events.push(ContextEvent::Terminated { id });
         if let Some(region) = state
             .table
             .payload_mut(id)

@@ -5,24 +5,37 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmtime::{AsContextMut, ExternType, Linker, Module};
+use wasmtime::{AsContextMut, Engine, ExternType, Linker, Module};
+
+use crate::IncompatibleGuest;
 
 /// Why a file is not a core WebAssembly module weft can load.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestFileError {
+    /// The file could not be read.
     #[error("cannot read `{path}`: {source}")]
     Read {
+        /// The guest file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// Neither a wasm binary nor WAT text.
     #[error("`{0}` is not a WebAssembly file (no `\\0asm` header, and not WAT text)")]
     NotWasm(PathBuf),
+    /// A component, not a core module.
     #[error(
         "`{0}` is a WebAssembly component; weft runs core modules (WASI preview 1 / WASIX guests)"
     )]
     Component(PathBuf),
+    /// Wasm (or WAT) that does not parse or validate.
     #[error("`{path}` is not a valid WebAssembly module: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The guest file.
+        path: PathBuf,
+        /// The parser's or validator's message.
+        message: String,
+    },
 }
 
 /// Reads `path` as a core module: wasm binary as is, WAT text compiled to binary.
@@ -59,10 +72,125 @@ pub fn read_core_module(path: &Path) -> Result<Vec<u8>, GuestFileError> {
     }
 }
 
+/// Why a guest could not be loaded: nothing of it ran. The one load error of every weft front
+/// end (`weft run`, `weft serve`), so a file is refused with the same words by both.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file is missing, not wasm, a component where a core module is needed, or invalid.
+    #[error(transparent)]
+    File(#[from] GuestFileError),
+    /// The guest imports something the host does not provide.
+    #[error(
+        "`{path}` imports `{module}.{name}` ({kind}), which weft does not provide (it provides \
+         {provided})"
+    )]
+    UnknownImport {
+        /// The guest file.
+        path: PathBuf,
+        /// The import's module.
+        module: String,
+        /// The import's name.
+        name: String,
+        /// "function", "global", "table", "memory" or "tag".
+        kind: &'static str,
+        /// What the host does provide, for the message.
+        provided: &'static str,
+    },
+    /// The guest imports the context API but lacks the exports it needs.
+    #[error("`{path}` cannot use WASIX contexts: {source}")]
+    Incompatible {
+        /// The guest file.
+        path: PathBuf,
+        /// What is missing.
+        source: IncompatibleGuest,
+    },
+    /// The guest lacks the export the front end enters it by.
+    #[error("`{path}` exports no `{export}` function of type [] -> []: it is not {what}")]
+    MissingEntry {
+        /// The guest file.
+        path: PathBuf,
+        /// The export looked for (`_start`, `weft_http_handle`).
+        export: &'static str,
+        /// What a guest with that export is ("a WASI command", "an HTTP guest").
+        what: &'static str,
+    },
+    /// Instantiation failed (a start function trapped, a data segment does not fit...).
+    #[error("cannot instantiate `{path}`: {message}")]
+    Instantiate {
+        /// The guest file.
+        path: PathBuf,
+        /// Wasmtime's error, with its causes.
+        message: String,
+    },
+    /// The host could not set itself up (engine, linker, directories, threads).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Reads, compiles and checks the core module at `path` for `engine`: the first step of every
+/// front end. Guests that import the context API must export what it needs ([`check_module`](crate::check_module)).
+pub fn load_core_module(engine: &Engine, path: &Path) -> Result<Module, LoadError> {
+    let bytes = read_core_module(path)?;
+    let module = Module::new(engine, &bytes).map_err(|e| GuestFileError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    })?;
+    crate::check_module(&module).map_err(|source| LoadError::Incompatible {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(module)
+}
+
+/// `Ok` when `linker` provides every import of `module`; else the first it lacks, with
+/// `provided` (what the host does provide) in the message.
+pub fn check_imports<T: 'static>(
+    linker: &Linker<T>,
+    store: impl AsContextMut<Data = T>,
+    module: &Module,
+    path: &Path,
+    provided: &'static str,
+) -> Result<(), LoadError> {
+    match first_missing_import(linker, store, module) {
+        None => Ok(()),
+        Some(missing) => Err(LoadError::UnknownImport {
+            path: path.to_path_buf(),
+            module: missing.module,
+            name: missing.name,
+            kind: missing.kind,
+            provided,
+        }),
+    }
+}
+
+/// `Ok` when `module` exports a function `export` of type `[] -> []`.
+pub fn check_entry(
+    module: &Module,
+    path: &Path,
+    export: &'static str,
+    what: &'static str,
+) -> Result<(), LoadError> {
+    let found = module.exports().any(|e| {
+        e.name() == export
+            && matches!(e.ty(), ExternType::Func(f) if f.params().len() == 0 && f.results().len() == 0)
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(LoadError::MissingEntry {
+            path: path.to_path_buf(),
+            export,
+            what,
+        })
+    }
+}
+
 /// An import of a module that a linker does not define.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingImport {
+    /// The import's module.
     pub module: String,
+    /// The import's name.
     pub name: String,
     /// "function", "global", "table", "memory" or "tag".
     pub kind: &'static str,

@@ -1,7 +1,10 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 mod context_future;
 mod driver;
+mod errno;
+mod events;
 mod guest_file;
 mod host_stacks;
 mod shadow_stack;
@@ -21,7 +24,13 @@ use wasmtime::{
 pub use context_future::MovedState;
 use context_future::{ContextFuture, Owner};
 use driver::Driver;
-pub use guest_file::{GuestFileError, MissingImport, first_missing_import, read_core_module};
+pub use errno::Errno;
+use events::EventLog;
+pub use events::{ContextEvent, Entrypoint};
+pub use guest_file::{
+    GuestFileError, LoadError, MissingImport, check_entry, check_imports, first_missing_import,
+    load_core_module, read_core_module,
+};
 pub use host_stacks::PooledStacks;
 use shadow_stack::{Region, ShadowStacks, StackPointer};
 pub use table::ContextState;
@@ -36,49 +45,30 @@ pub const MAIN_CONTEXT: ContextId = 0;
 /// The import module of the wasm32 API.
 pub const IMPORT_MODULE: &str = "wasix_32v1";
 
-/// The WASI errnos this API returns to the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[repr(i32)]
-pub enum Errno {
-    /// The limit of live contexts ([`ContextConfig::max_contexts`]) is reached.
-    #[error("too many live contexts (EAGAIN)")]
-    Again = 6,
-    /// A pointer the guest passed is outside its memory.
-    #[error("bad address (EFAULT)")]
-    Fault = 21,
-    /// Bad entrypoint (table index, null slot, signature), or a context in the wrong state.
-    #[error("invalid argument (EINVAL)")]
-    Inval = 28,
-    /// The guest's memory cannot grow to hold a new context's shadow stack.
-    #[error("out of memory for the context's shadow stack (ENOMEM)")]
-    Nomem = 48,
-}
-
-impl Errno {
-    pub fn raw(self) -> i32 {
-        self as i32
-    }
-}
-
 /// Why a guest cannot use the context API safely. Reported by [`check_module`] at load time
 /// and, at the latest, as a trap at the guest's first `context_create`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IncompatibleGuest {
+    /// No exported `__stack_pointer` global.
     #[error(
         "the guest does not export its `__stack_pointer` global, which weft needs to give each \
          WASIX context its own shadow stack; link it with `-Wl,--export=__stack_pointer` \
          (`cargo xtask cc` does)"
     )]
     MissingStackPointer,
+    /// `__stack_pointer` is exported but is not a mutable i32 global.
     #[error("the guest exports `__stack_pointer`, but not as a mutable i32 global")]
     BadStackPointer,
+    /// No linear memory exported as `memory`.
     #[error("the guest does not export its linear memory as `memory`")]
     MissingMemory,
+    /// No funcref table exported as `__indirect_function_table`.
     #[error(
         "the guest does not export a funcref table `__indirect_function_table`, which context \
          entrypoints index; link it with `-Wl,--export-table` (`cargo xtask cc` does)"
     )]
     MissingTable,
+    /// The store's [`WasixContexts`] are already bound to another instance.
     #[error(
         "this store's WASIX contexts already belong to another instance; give each instance \
          that uses contexts its own store"
@@ -91,20 +81,27 @@ pub enum IncompatibleGuest {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("WASIX context {id} returned from its entrypoint (entrypoints must never return)")]
 pub struct EntrypointReturned {
+    /// The context whose entrypoint returned (now terminated).
     pub id: ContextId,
 }
 
 /// Why the host could not start or resume a context.
 #[derive(Debug, thiserror::Error)]
 pub enum HostCallError {
+    /// The instance cannot use the context API.
     #[error(transparent)]
     Incompatible(#[from] IncompatibleGuest),
+    /// [`HostContexts::spawn`] found no export of that name and type `[] -> []`.
     #[error("the guest has no export `{0}` of type [] -> []")]
     NoSuchEntrypoint(String),
+    /// The errno the guest's call would have got (limit, memory, a context in the wrong
+    /// state).
     #[error(transparent)]
     Errno(#[from] Errno),
+    /// A context runs: the host acts as main only while main is the active context.
     #[error("a context is already running; the host can only resume from the main context")]
     Busy,
+    /// The [`WasixContexts`] left the store data it was bound in.
     #[error(transparent)]
     Moved(#[from] MovedState),
 }
@@ -126,6 +123,15 @@ pub struct ContextConfig {
     /// recycles them ([`PooledStacks`]) instead of wasmtime mapping one per context (an
     /// engine setting too).
     pub pooled_stacks: bool,
+    /// Record [`ContextEvent`]s for the embedder to drain with
+    /// [`WasixContexts::take_events`]. Off by default: nothing is recorded and nothing is
+    /// paid.
+    pub record_events: bool,
+    /// With `record_events`, the most events kept between two
+    /// [`take_events`](WasixContexts::take_events); later ones are discarded and counted in
+    /// [`WasixContexts::dropped_events`]. An embedder that drains at every host call never
+    /// gets near it; it bounds the memory of one that does not.
+    pub max_pending_events: usize,
 }
 
 impl Default for ContextConfig {
@@ -135,6 +141,8 @@ impl Default for ContextConfig {
             shadow_stack_size: 64 * 1024,
             stack_size: 512 * 1024,
             pooled_stacks: true,
+            record_events: false,
+            max_pending_events: 64 * 1024,
         }
     }
 }
@@ -272,9 +280,12 @@ pub struct WasixContexts {
     /// Where this state sat in its store's data when it bound its instance: every entry
     /// point refuses to run elsewhere (invariant 5 of `context_future`).
     home: Option<Owner>,
+    /// Lifecycle events not yet taken by the embedder (empty unless recording).
+    events: EventLog,
 }
 
 impl WasixContexts {
+    /// Empty state with these limits; it binds to the first instance that uses it.
     pub fn new(config: ContextConfig) -> Self {
         WasixContexts {
             table: ContextTable::new(config.max_contexts),
@@ -283,6 +294,7 @@ impl WasixContexts {
             main_stack_pointer: 0,
             requested_switch: None,
             home: None,
+            events: EventLog::new(config.record_events, config.max_pending_events),
         }
     }
 
@@ -309,6 +321,35 @@ impl WasixContexts {
         self.table.state(id)
     }
 
+    /// Takes the [`ContextEvent`]s recorded since the last call, oldest first (the returned
+    /// `Drain` removes them all, even if dropped unread). Always empty unless
+    /// [`ContextConfig::record_events`] is on.
+    ///
+    /// # Contract
+    ///
+    /// Events accumulate between two calls, as many as the guest's work in between produces:
+    /// three per context at most (created, terminated, destroyed), but a guest can create and
+    /// destroy contexts in a loop without calling back into the embedder. So call it at every
+    /// host call the guest makes into the embedder and after every
+    /// [`HostContexts::resume`] (and after [`HostContexts::release_all`]); then the list
+    /// stays small. It is bounded anyway: at most [`ContextConfig::max_pending_events`] are
+    /// kept, later ones are discarded and counted by [`dropped_events`](Self::dropped_events).
+    /// Events are never reordered, merged or dropped otherwise, so when `dropped_events()`
+    /// is 0 the drained list is exact and complete.
+    pub fn take_events(&mut self) -> std::vec::Drain<'_, ContextEvent> {
+        self.events.take()
+    }
+
+    /// Events discarded since the last [`take_events`](Self::take_events) because
+    /// [`ContextConfig::max_pending_events`] were already pending (the oldest are kept, the
+    /// newest discarded). Check it before draining: when it is not 0, the drained list
+    /// misses events at its end, and the embedder must resynchronize from
+    /// [`state`](Self::state) and [`live_contexts`](Self::live_contexts). `take_events`
+    /// resets it to 0.
+    pub fn dropped_events(&self) -> usize {
+        self.events.dropped()
+    }
+
     /// Preemption, for hosts that play main themselves ([`HostContexts`], e.g. a server
     /// running one context per request): asks that the active context be switched back to
     /// main at its next suspension. Call it from an epoch-deadline callback that then returns
@@ -332,17 +373,27 @@ impl WasixContexts {
         true
     }
 
-    /// Removes every context and releases its region and its call stack. The caller holds
-    /// the store and leaves it alone meanwhile (invariant 1 of `context_future`).
+    /// Removes every context and releases its region and its call stack, recording a
+    /// `Destroyed` event for each (in id order). The caller holds the store and leaves it
+    /// alone meanwhile (invariant 1 of `context_future`).
     fn release_everything(&mut self) {
         self.requested_switch = None;
         let owner = Owner::of(self);
         let mut futures = Vec::new();
-        for slot in self.table.drain() {
+        let mut ids = Vec::new();
+        let recording = self.events.is_recording();
+        for (id, slot) in self.table.drain() {
             if let Some(region) = slot.region {
                 self.shadow_stacks.release(region);
             }
             futures.extend(slot.future);
+            if recording {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        for id in ids {
+            self.events.push(ContextEvent::Destroyed { id });
         }
         for future in futures {
             future.dispose(owner);
@@ -360,7 +411,9 @@ impl Drop for WasixContexts {
     fn drop(&mut self) {
         // Invariant 3 of `context_future`: the last-resort path, while the store drops its
         // data (the store itself is still whole). Disposing resumes each fiber once; a state
-        // moved out of its store leaks them instead (invariant 5).
+        // moved out of its store leaks them instead (invariant 5). Nobody can take events
+        // any more, so none are recorded.
+        self.events.stop_recording();
         self.release_everything();
     }
 }
@@ -420,6 +473,7 @@ fn context_create<T: Send + 'static>(
         get,
         guest,
         Some(new_context_ptr),
+        Entrypoint::Table(entrypoint),
         |store| match guest.table.get(store, u64::from(entrypoint)) {
             Some(Ref::Func(Some(func))) => Some(func),
             _ => None,
@@ -429,12 +483,14 @@ fn context_create<T: Send + 'static>(
 }
 
 /// Creates a suspended context running the function `resolve` finds; writes its id at
-/// `new_context_ptr` when the guest asked (host calls get it returned).
+/// `new_context_ptr` when the guest asked (host calls get it returned). Records `Created`
+/// with the active context as the creator.
 fn create_inner<T: Send + 'static>(
     store: &mut StoreContextMut<'_, T>,
     get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
     guest: GuestBinding,
     new_context_ptr: Option<u32>,
+    kind: Entrypoint,
     resolve: impl FnOnce(&mut StoreContextMut<'_, T>) -> Option<wasmtime::Func>,
 ) -> Result<ContextId, Errno> {
     let func = resolve(store).ok_or(Errno::Inval)?;
@@ -460,6 +516,12 @@ fn create_inner<T: Send + 'static>(
         future: None,
         saved_stack_pointer: state.shadow_stacks.top(region),
         region: Some(region),
+    });
+    let creator = state.table.active();
+    state.events.push(ContextEvent::Created {
+        id,
+        creator,
+        entrypoint: kind,
     });
     if let Some(ptr) = new_context_ptr {
         guest
@@ -525,6 +587,7 @@ fn destroy<T: Send + 'static>(
     let Some(slot) = state.table.destroy(id)? else {
         return Ok(());
     };
+    state.events.push(ContextEvent::Destroyed { id });
     if let Some(region) = slot.region {
         state.shadow_stacks.release(region);
     }
@@ -555,6 +618,8 @@ pub enum Resumed {
 }
 
 impl<G> HostContexts<G> {
+    /// Host control through `get`, the same projection of the store data to its
+    /// [`WasixContexts`] as given to [`add_to_linker`].
     pub fn new(get: G) -> Self {
         HostContexts { get }
     }
@@ -578,9 +643,14 @@ impl<G> HostContexts<G> {
             .get_func(&mut store, entrypoint)
             .filter(|func| func.typed::<(), ()>(&store).is_ok())
             .ok_or_else(|| HostCallError::NoSuchEntrypoint(entrypoint.to_string()))?;
-        Ok(create_inner(&mut store, self.get, guest, None, |_| {
-            Some(func)
-        })?)
+        Ok(create_inner(
+            &mut store,
+            self.get,
+            guest,
+            None,
+            Entrypoint::Export,
+            |_| Some(func),
+        )?)
     }
 
     /// Runs context `id` until it switches to main, returns, or traps.

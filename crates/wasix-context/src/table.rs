@@ -175,10 +175,11 @@ impl<P> ContextTable<P> {
         self.entries.get_mut(&id).map(|entry| &mut entry.payload)
     }
 
-    /// Removes every context and makes main active again (environment teardown).
-    pub fn drain(&mut self) -> impl Iterator<Item = P> + '_ {
+    /// Removes every context and makes main active again (environment teardown). Yields
+    /// the ids with their payloads, in no particular order.
+    pub fn drain(&mut self) -> impl Iterator<Item = (ContextId, P)> + '_ {
         self.active = MAIN_CONTEXT;
-        self.entries.drain().map(|(_, entry)| entry.payload)
+        self.entries.drain().map(|(id, entry)| (id, entry.payload))
     }
 }
 

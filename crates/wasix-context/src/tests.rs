@@ -16,6 +16,9 @@ struct Host {
     wasi: wasmtime_wasi::p1::WasiP1Ctx,
     contexts: WasixContexts,
     log: Vec<i64>,
+    /// Lifecycle events drained at each `env.log` call, as an embedder drains at each of
+    /// its host calls (empty unless the config records them).
+    events: Vec<ContextEvent>,
 }
 
 fn contexts(host: &mut Host) -> &mut WasixContexts {
@@ -67,7 +70,11 @@ fn linker(engine: &Engine) -> Linker<Host> {
         .func_wrap(
             "env",
             "log",
-            |mut caller: wasmtime::Caller<'_, Host>, v: i64| caller.data_mut().log.push(v),
+            |mut caller: wasmtime::Caller<'_, Host>, v: i64| {
+                let host = caller.data_mut();
+                host.log.push(v);
+                host.events.extend(host.contexts.take_events());
+            },
         )
         .unwrap();
     linker
@@ -85,6 +92,7 @@ fn store(engine: &Engine, config: ContextConfig) -> Store<Host> {
             wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
             contexts: WasixContexts::new(config),
             log: Vec::new(),
+            events: Vec::new(),
         },
     )
 }
@@ -900,4 +908,228 @@ fn a_host_playing_main_preempts_a_spinning_context_and_resumes_it_later() {
     host.destroy(&mut store, spinner).unwrap();
     assert_eq!(store.data().contexts.state(spinner), None);
     assert_eq!(store.data().contexts.live_contexts(), 0);
+}
+
+/// The store after running the guest's `main` with lifecycle events recorded; returns
+/// main's result too. `env.log` drained the events so far into `Host::events`.
+fn run_recording(body: &str, config: ContextConfig) -> (wasmtime::Result<()>, Store<Host>) {
+    let config = ContextConfig {
+        record_events: true,
+        ..config
+    };
+    let engine = engine();
+    let module = Module::new(&engine, header(body)).unwrap();
+    let mut store = store(&engine, config);
+    let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
+    let main = instance
+        .get_typed_func::<(), ()>(&mut store, "main")
+        .unwrap();
+    let result = block_on(main.call_async(&mut store, ()));
+    (result, store)
+}
+
+/// Events drained at `env.log` calls, then those still pending.
+fn all_events(store: &mut Store<Host>) -> Vec<ContextEvent> {
+    let host = store.data_mut();
+    let mut events = std::mem::take(&mut host.events);
+    assert_eq!(host.contexts.dropped_events(), 0);
+    events.extend(host.contexts.take_events());
+    events
+}
+
+/// Main creates A and C; A creates B, then control goes A -> C -> B -> main with no
+/// embedder host call in between: B's creator is A, the context that called
+/// `context_create`, not whichever ran last before the embedder looked.
+#[test]
+fn events_name_the_exact_creator_through_context_to_context_switches() {
+    use ContextEvent::*;
+    let (result, mut store) = run_recording(
+        r#"
+        (func $a
+            (drop (call $create (i32.const 16) (i32.const 2)))  ;; B
+            (i64.store (i32.const 24) (call $id (i32.const 16))) ;; C switches on to B
+            (drop (call $switch (call $id (i32.const 8))))       ;; to C
+            )                                                     ;; returns: terminated
+        (func $b
+            (local $target i64)
+            (loop $forever
+                (local.set $target (i64.load (i32.const 24)))
+                (i64.store (i32.const 24) (i64.const 0))         ;; the next one goes to main
+                (drop (call $switch (local.get $target)))
+                (br $forever)))
+        (func (export "main")
+            (drop (call $create (i32.const 0) (i32.const 1)))   ;; A
+            (drop (call $create (i32.const 8) (i32.const 2)))   ;; C
+            (drop (call $switch (call $id (i32.const 0))))      ;; back from B
+            (call $logi (call $destroy (call $id (i32.const 16))))
+            (drop (call $switch (call $id (i32.const 0)))))     ;; A returns: trap
+    "#,
+        ContextConfig::default(),
+    );
+    let (a, c, b) = (1, 2, 3);
+    assert_eq!(
+        result.unwrap_err().downcast_ref::<EntrypointReturned>(),
+        Some(&EntrypointReturned { id: a })
+    );
+    assert_eq!(store.data().log, [0]);
+    assert_eq!(
+        store.data().events,
+        [
+            Created {
+                id: a,
+                creator: MAIN_CONTEXT,
+                entrypoint: Entrypoint::Table(1)
+            },
+            Created {
+                id: c,
+                creator: MAIN_CONTEXT,
+                entrypoint: Entrypoint::Table(2)
+            },
+            Created {
+                id: b,
+                creator: a,
+                entrypoint: Entrypoint::Table(2)
+            },
+            Destroyed { id: b },
+        ],
+        "drained at the host call"
+    );
+    store.data_mut().events.clear();
+    assert_eq!(all_events(&mut store), [Terminated { id: a }]);
+    HostContexts::new(contexts).release_all(&mut store).unwrap();
+    assert_eq!(
+        all_events(&mut store),
+        [Destroyed { id: a }, Destroyed { id: c }],
+        "in id order"
+    );
+    assert!(all_events(&mut store).is_empty(), "drained");
+}
+
+#[test]
+fn host_spawns_trap_and_return_give_their_events() {
+    use ContextEvent::*;
+    let body = r#"
+        (func $a)
+        (func $b)
+        (func (export "handle") (drop (call $switch (i64.const 0))))
+        (func (export "fail") (unreachable))
+        (func (export "main"))"#;
+    let engine = engine();
+    let module = Module::new(&engine, header(body)).unwrap();
+    let config = ContextConfig {
+        record_events: true,
+        ..ContextConfig::default()
+    };
+    let mut store = store(&engine, config);
+    let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
+    let host = HostContexts::new(contexts);
+    let ok = host.spawn(&mut store, &instance, "handle").unwrap();
+    let failing = host.spawn(&mut store, &instance, "fail").unwrap();
+    let idle = host.spawn(&mut store, &instance, "handle").unwrap();
+    assert_eq!(
+        all_events(&mut store),
+        [ok, failing, idle].map(|id| Created {
+            id,
+            creator: MAIN_CONTEXT,
+            entrypoint: Entrypoint::Export
+        })
+    );
+    assert!(block_on(host.resume(&mut store, failing)).is_err());
+    assert_eq!(all_events(&mut store), [Terminated { id: failing }]);
+    assert_eq!(
+        block_on(host.resume(&mut store, ok)).unwrap(),
+        Resumed::SwitchedToMain
+    );
+    assert!(all_events(&mut store).is_empty(), "a switch is no event");
+    assert_eq!(
+        block_on(host.resume(&mut store, ok)).unwrap(),
+        Resumed::Returned
+    );
+    host.destroy(&mut store, ok).unwrap();
+    host.destroy(&mut store, ok).unwrap();
+    assert_eq!(
+        all_events(&mut store),
+        [Terminated { id: ok }, Destroyed { id: ok }],
+        "destroying a deleted id is no event"
+    );
+    host.release_all(&mut store).unwrap();
+    assert_eq!(
+        all_events(&mut store),
+        [Destroyed { id: failing }, Destroyed { id: idle }]
+    );
+}
+
+#[test]
+fn without_record_events_there_are_none() {
+    let body = r#"
+        (func $a (drop (call $switch (i64.const 0))))
+        (func $b)
+        (func (export "main")
+            (drop (call $create (i32.const 0) (i32.const 1)))
+            (drop (call $switch (call $id (i32.const 0))))
+            (drop (call $destroy (call $id (i32.const 0))))
+            (drop (call $create (i32.const 0) (i32.const 1)))
+            (call $logi (i32.const 1))
+            (drop (call $switch (call $id (i32.const 0))))
+            (drop (call $switch (call $id (i32.const 0)))))"#;
+    let engine = engine();
+    let module = Module::new(&engine, header(body)).unwrap();
+    let mut store = store(&engine, ContextConfig::default());
+    let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
+    let main = instance
+        .get_typed_func::<(), ()>(&mut store, "main")
+        .unwrap();
+    assert!(
+        block_on(main.call_async(&mut store, ())).is_err(),
+        "the second context returned"
+    );
+    assert_eq!(store.data().log, [1]);
+    HostContexts::new(contexts).release_all(&mut store).unwrap();
+    assert!(store.data().events.is_empty());
+    assert_eq!(store.data_mut().contexts.take_events().count(), 0);
+    assert_eq!(store.data().contexts.dropped_events(), 0);
+}
+
+/// A guest churning contexts with no embedder host call in between: the pending list
+/// stops at `max_pending_events`, keeps the oldest, counts the rest.
+#[test]
+fn pending_events_are_bounded_and_the_excess_is_counted() {
+    use ContextEvent::*;
+    let (result, mut store) = run_recording(
+        r#"
+        (func $a)
+        (func $b)
+        (func (export "main")
+            (local $i i32)
+            (loop $churn
+                (drop (call $create (i32.const 0) (i32.const 1)))
+                (drop (call $destroy (call $id (i32.const 0))))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br_if $churn (i32.lt_u (local.get $i) (i32.const 1000)))))
+    "#,
+        ContextConfig {
+            max_pending_events: 3,
+            ..ContextConfig::default()
+        },
+    );
+    result.unwrap();
+    let contexts = &mut store.data_mut().contexts;
+    assert_eq!(contexts.dropped_events(), 2000 - 3);
+    assert_eq!(
+        contexts.take_events().collect::<Vec<_>>(),
+        [
+            Created {
+                id: 1,
+                creator: MAIN_CONTEXT,
+                entrypoint: Entrypoint::Table(1)
+            },
+            Destroyed { id: 1 },
+            Created {
+                id: 2,
+                creator: MAIN_CONTEXT,
+                entrypoint: Entrypoint::Table(1)
+            },
+        ]
+    );
+    assert_eq!(contexts.dropped_events(), 0, "reset by the drain");
 }

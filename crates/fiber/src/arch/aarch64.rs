@@ -21,7 +21,8 @@ unsafe extern "C" {
 /// As `x86_64::init`: `[top - INIT_FRAME_BYTES, top)` is writable memory of
 /// a stack no fiber runs on; `top` is 16-byte aligned.
 pub unsafe fn init(top: *mut u8, entry: Entry, init: *mut u8) -> *mut *mut u8 {
-    // SAFETY: per the function contract.
+    // SAFETY: `weft_fiber_init` only writes the frame below `top`, which the
+    // caller (`Fiber::place`) guarantees is writable and unused.
     unsafe { weft_fiber_init(top, entry, init) }
 }
 
@@ -29,7 +30,8 @@ pub unsafe fn init(top: *mut u8, entry: Entry, init: *mut u8) -> *mut *mut u8 {
 /// `slot` holds the stack pointer of a suspended fiber not running elsewhere.
 #[inline(always)]
 pub unsafe fn resume(slot: *mut *mut u8, arg: usize) -> usize {
-    // SAFETY: per the function contract.
+    // SAFETY: the caller (`Fiber::switch_in`) guarantees `slot` holds a
+    // suspended fiber's stack pointer, which `weft_fiber_switch` resumes.
     unsafe { weft_fiber_switch(slot, arg) }
 }
 
@@ -37,6 +39,8 @@ pub unsafe fn resume(slot: *mut *mut u8, arg: usize) -> usize {
 /// Runs on the fiber stack of `slot`, whose slot holds the resumer's sp.
 #[inline(always)]
 pub unsafe fn suspend(slot: *mut *mut u8, arg: usize) -> usize {
-    // SAFETY: per the function contract.
+    // SAFETY: the caller (`Suspender::suspend`, `fiber_entry`) runs on the
+    // fiber stack of `slot`, which holds its resumer's stack pointer, so
+    // `weft_fiber_switch` returns to that resumer.
     unsafe { weft_fiber_switch(slot, arg) }
 }

@@ -32,15 +32,15 @@ static void **expected_slot;
     }                                                                          \
   } while (0)
 
-// Sets x19-x28 to seed+1..seed+10 and d8-d15 to the bits of
-// seed+11..seed+18, switches through `slot` passing `value`, and stores
+// Sets x19-x28 to pattern+1..pattern+10 and d8-d15 to the bits of
+// pattern+11..pattern+18, switches through `slot` passing `value`, and stores
 // what those registers hold once control comes back.
 static uintptr_t switch_and_capture(void **slot, uintptr_t value,
-                                    uint64_t out[OUT_LEN], uint64_t seed) {
+                                    uint64_t out[OUT_LEN], uint64_t pattern) {
   register uintptr_t x0 __asm__("x0") = (uintptr_t)slot;
   register uintptr_t x1 __asm__("x1") = value;
   register uint64_t *x2 __asm__("x2") = out;
-  register uint64_t x3 __asm__("x3") = seed;
+  register uint64_t x3 __asm__("x3") = pattern;
   __asm__ volatile(
       "add x19, x3, #1\n\t"
       "add x20, x3, #2\n\t"
@@ -88,13 +88,13 @@ static uintptr_t switch_and_capture(void **slot, uintptr_t value,
 }
 
 static void check_preserved(const char *side, int round,
-                            const uint64_t out[OUT_LEN], uint64_t seed) {
+                            const uint64_t out[OUT_LEN], uint64_t pattern) {
   for (int i = 0; i < SAVED; i++) {
     const char *bank = i < 10 ? "x" : "d";
     int reg = i < 10 ? 19 + i : 8 + (i - 10);
-    CHECK(out[i] == seed + i + 1,
+    CHECK(out[i] == pattern + i + 1,
           "%s round %d: %s%d = %#llx, expected %#llx", side, round, bank, reg,
-          (unsigned long long)out[i], (unsigned long long)(seed + i + 1));
+          (unsigned long long)out[i], (unsigned long long)(pattern + i + 1));
   }
   CHECK(out[X29_BEFORE] == out[X29_AFTER], "%s round %d: x29 changed", side,
         round);
@@ -112,9 +112,9 @@ static void fiber_entry(void *init, uintptr_t arg, void **slot) {
     uintptr_t sp;
     __asm__ volatile("mov %0, sp" : "=r"(sp));
     CHECK(sp % 16 == 0, "fiber sp %#lx is not 16-byte aligned", (long)sp);
-    uint64_t seed = 0xf1be0000ull + (uint64_t)round * 64;
-    n = switch_and_capture(slot, n * 2 + 1, out, seed);
-    check_preserved("fiber", round, out, seed);
+    uint64_t pattern = 0xf1be0000ull + (uint64_t)round * 64;
+    n = switch_and_capture(slot, n * 2 + 1, out, pattern);
+    check_preserved("fiber", round, out, pattern);
   }
 }
 
@@ -127,11 +127,11 @@ int main(void) {
   CHECK((uint8_t *)slot == stack + STACK - 16, "slot at %p", (void *)slot);
   uint64_t out[OUT_LEN];
   for (int round = 0; round < ROUNDS; round++) {
-    uint64_t seed = 0xa1a10000ull + (uint64_t)round * 64;
-    uintptr_t got = switch_and_capture(slot, (uintptr_t)round, out, seed);
+    uint64_t pattern = 0xa1a10000ull + (uint64_t)round * 64;
+    uintptr_t got = switch_and_capture(slot, (uintptr_t)round, out, pattern);
     CHECK(got == (uintptr_t)round * 2 + 1, "round %d: fiber returned %lu",
           round, (unsigned long)got);
-    check_preserved("main", round, out, seed);
+    check_preserved("main", round, out, pattern);
     if (failures > 20) break;
   }
   if (failures) {

@@ -10,33 +10,35 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weft_http_attrib::server::{ServeConfig, ServeError, Server};
-use weft_wasix_context::GuestFileError;
+use weft_serve::{ServeConfig, ServeError, Server};
+use weft_wasix_context::{GuestFileError, LoadError};
 
 const GUEST: &str = r#"(module
-  (import "weft_http" "request_path" (func $path (param i32 i32) (result i32)))
-  (import "weft_http" "request_header" (func $header (param i32 i32 i32 i32) (result i32)))
-  (import "weft_http" "response_status" (func $status (param i32) (result i32)))
-  (import "weft_http" "response_write" (func $write (param i32 i32) (result i32)))
-  (import "weft_http" "response_finish" (func $finish (result i32)))
-  (import "weft_http" "fetch_start" (func $fetch (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-  (import "weft_http" "fetch_status" (func $fetch_status (param i32) (result i32)))
-  (import "weft_http" "sleep_start" (func $sleep_start (param i64) (result i32)))
-  (import "weft_http" "handle_ready" (func $ready (param i32) (result i32)))
-  (import "weft_http" "block_on" (func $block_on (param i32) (result i32)))
-  (import "weft_http" "handle_close" (func $close (param i32) (result i32)))
-  (import "weft_http" "backpressure" (func $backpressure (param i32) (result i32)))
-  (import "weft_http" "request_token" (func $token (result i64)))
-  (import "weft_http" "enter" (func $enter (param i64) (result i32)))
-  (import "weft_http" "exit" (func $exit (result i32)))
-  (import "weft_http" "schedule" (func $schedule (param i64) (result i32)))
+  (import "weft_http_v1" "request_path" (func $path (param i32 i32 i32) (result i32)))
+  (import "weft_http_v1" "request_header" (func $header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "weft_http_v1" "response_status" (func $status (param i32) (result i32)))
+  (import "weft_http_v1" "response_write" (func $write (param i32 i32) (result i32)))
+  (import "weft_http_v1" "response_finish" (func $finish (result i32)))
+  (import "weft_http_v1" "fetch_start" (func $fetch (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "weft_http_v1" "fetch_status" (func $fetch_status (param i32) (result i32)))
+  (import "weft_http_v1" "sleep_start" (func $sleep_start (param i64) (result i32)))
+  (import "weft_http_v1" "handle_ready" (func $ready (param i32) (result i32)))
+  (import "weft_http_v1" "block_on" (func $block_on (param i32) (result i32)))
+  (import "weft_http_v1" "handle_close" (func $close (param i32) (result i32)))
+  (import "weft_http_v1" "backpressure" (func $backpressure (param i32) (result i32)))
+  (import "weft_http_v1" "request_token" (func $token (result i64)))
+  (import "weft_http_v1" "enter" (func $enter (param i64) (result i32)))
+  (import "weft_http_v1" "exit" (func $exit (result i32)))
+  (import "weft_http_v1" "schedule" (func $schedule (param i64) (result i32)))
   (import "wasix_32v1" "context_create" (func $create (param i32 i32) (result i32)))
   (import "wasix_32v1" "context_switch" (func $switch (param i64) (result i32)))
+  (import "wasix_32v1" "context_destroy" (func $destroy (param i64) (result i32)))
+  (import "weft_http_v1" "context_self" (func $self (result i64)))
   (memory (export "memory") 2)
   (global (export "__stack_pointer") (mut i32) (i32.const 65536))
   (global $saved_token (mut i64) (i64.const 0))
-  (table (export "__indirect_function_table") 2 funcref)
-  (elem (i32.const 1) $helper)
+  (table (export "__indirect_function_table") 4 funcref)
+  (elem (i32.const 1) $helper $creator_w $creator_n)
   (data (i32.const 3000) "x-upstream")
   (data (i32.const 3016) "GET")
 
@@ -53,7 +55,7 @@ const GUEST: &str = r#"(module
     (drop (call $close (local.get $h))))
   ;; GET the URL in the request's `x-upstream` header; its status or -errno.
   (func $fetch_upstream (result i32)
-    (call $fetch_url (call $header (i32.const 3000) (i32.const 10) (i32.const 2048) (i32.const 500))))
+    (call $fetch_url (call $header (i32.const 3000) (i32.const 10) (i32.const 2048) (i32.const 500) (i32.const 0))))
   ;; GET the URL of length $len at 2048 (negative: that error).
   (func $fetch_url (param $len i32) (result i32) (local $h i32) (local $st i32)
     (if (i32.lt_s (local.get $len) (i32.const 0)) (then (return (local.get $len))))
@@ -69,9 +71,19 @@ const GUEST: &str = r#"(module
     (drop (call $finish)))
   (func $helper
     (drop (call $fetch_upstream)))
+  ;; For `c`: W works for the remembered request (override) and switches straight back to the
+  ;; handler, whose id is at 4112; `enter`'s result goes to 4132.
+  (func $creator_w
+    (i32.store (i32.const 4132) (call $enter (global.get $saved_token)))
+    (loop $back (drop (call $switch (i64.load (i32.const 4112)))) (br $back)))
+  ;; For `c`: N fetches the URL the handler read (length at 4100), keeps the status at 4128
+  ;; and switches back to the handler.
+  (func $creator_n
+    (i32.store (i32.const 4128) (call $fetch_url (i32.load (i32.const 4100))))
+    (loop $back (drop (call $switch (i64.load (i32.const 4112)))) (br $back)))
 
   (func (export "weft_http_handle") (local $len i32) (local $c i32) (local $st i32)
-    (local.set $len (call $path (i32.const 1024) (i32.const 256)))
+    (local.set $len (call $path (i32.const 1024) (i32.const 256) (i32.const 0)))
     (local.set $c (i32.load8_u (i32.const 1025)))
     ;; e: echo the path
     (if (i32.eq (local.get $c) (i32.const 101)) (then
@@ -81,7 +93,7 @@ const GUEST: &str = r#"(module
     (if (i32.eq (local.get $c) (i32.const 115)) (then
       (call $sleep_ms (i64.const 5))
       ;; the buffer is shared by all contexts: read the path again after waiting
-      (local.set $len (call $path (i32.const 1024) (i32.const 256)))
+      (local.set $len (call $path (i32.const 1024) (i32.const 256) (i32.const 0)))
       (drop (call $write (i32.const 1024) (local.get $len)))
       (call $respond (i32.const 200)) (return)))
     ;; f: fetch upstream, answer with its status (502 on failure)
@@ -107,12 +119,29 @@ const GUEST: &str = r#"(module
     ;; v: work for the remembered request (override), fetch for it
     (if (i32.eq (local.get $c) (i32.const 118)) (then
       ;; read our own header first: under the override, request_* read the other request
-      (local.set $len (call $header (i32.const 3000) (i32.const 10) (i32.const 2048) (i32.const 500)))
+      (local.set $len (call $header (i32.const 3000) (i32.const 10) (i32.const 2048) (i32.const 500) (i32.const 0)))
       (if (i32.ne (call $enter (global.get $saved_token)) (i32.const 0)) (then
         (call $respond (i32.const 500)) (return)))
       (local.set $st (call $fetch_url (local.get $len)))
       (drop (call $exit))
       (call $respond (local.get $st)) (return)))
+    ;; c: the handler lets W enter the remembered request's override, then creates N and
+    ;; switches to it with no weft_http_v1 call in between; N fetches. N works for the
+    ;; handler's request (its creator), not for the request W worked for when it last ran.
+    (if (i32.eq (local.get $c) (i32.const 99)) (then
+      (i32.store (i32.const 4100)
+        (call $header (i32.const 3000) (i32.const 10) (i32.const 2048) (i32.const 500) (i32.const 0)))
+      (i64.store (i32.const 4112) (call $self))
+      (drop (call $create (i32.const 4104) (i32.const 2)))
+      (drop (call $switch (i64.load (i32.const 4104))))
+      (if (i32.ne (i32.load (i32.const 4132)) (i32.const 0)) (then
+        (drop (call $destroy (i64.load (i32.const 4104))))
+        (call $respond (i32.const 500)) (return)))
+      (drop (call $create (i32.const 4120) (i32.const 3)))
+      (drop (call $switch (i64.load (i32.const 4120))))
+      (drop (call $destroy (i64.load (i32.const 4104))))
+      (drop (call $destroy (i64.load (i32.const 4120))))
+      (call $respond (i32.const 200)) (return)))
     ;; x: a bad token and an unbalanced exit are errors (-EINVAL), not traps
     (if (i32.eq (local.get $c) (i32.const 120)) (then
       (if (i32.and (i32.eq (call $enter (i64.const 987654321)) (i32.const -28))
@@ -279,7 +308,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn stop(server: Server) -> weft_http_attrib::server::ServeReport {
+fn stop(server: Server) -> weft_serve::ServeReport {
     server.shutdown_handle().shutdown();
     server.wait().unwrap()
 }
@@ -405,6 +434,33 @@ fn the_override_attributes_work_to_another_live_request() {
     assert_ne!(carried, reply.headers["weft-request-id"]);
     // Bad tokens and unbalanced exits are errors, not traps.
     assert_eq!(request(addr, "/x", &[]).status, 200);
+    stop(server);
+}
+
+#[test]
+fn a_created_context_works_for_its_creator_even_after_switching_through_others() {
+    let upstream = Upstream::start();
+    let mut config = config();
+    config.policy.max_instances = 1;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let first = std::thread::spawn(move || request(addr, "/wait", &[]));
+    // `/c` answers 500 until `/wait` has stored its token (the override needs a live request).
+    let mut done = None;
+    for attempt in 0..200 {
+        let path = format!("/c{attempt}");
+        let reply = request(addr, "/c", &[("x-upstream", upstream.url(&path))]);
+        if reply.status == 200 {
+            done = Some((path, reply));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (path, reply) = done.expect("the scenario ran once /wait was running");
+    let first = first.join().unwrap();
+    let carried = upstream.wait_for(&path);
+    assert_eq!(carried, reply.headers["weft-request-id"]);
+    assert_ne!(carried, first.headers["weft-request-id"]);
     stop(server);
 }
 
@@ -556,7 +612,7 @@ fn guests_that_cannot_serve_are_refused_at_load() {
     };
     let no_handler = start("none.wat", "(module (memory (export \"memory\") 1))");
     assert!(
-        matches!(no_handler, ServeError::NoHandler(_)),
+        matches!(no_handler, ServeError::Load(LoadError::MissingEntry { .. })),
         "{no_handler}"
     );
     let unknown = start(
@@ -566,7 +622,7 @@ fn guests_that_cannot_serve_are_refused_at_load() {
     assert!(unknown.to_string().contains("env.nope"), "{unknown}");
     let missing = start("missing.wat", "");
     assert!(
-        matches!(missing, ServeError::File(GuestFileError::NotWasm(_))),
+        matches!(missing, ServeError::Load(LoadError::File(GuestFileError::NotWasm(_)))),
         "{missing}"
     );
 }

@@ -1,4 +1,4 @@
-//! Outgoing HTTP/1.1 requests for the guest's `fetch`: hyper's client over weft-sched's
+//! The HTTP client behind the guest's `fetch`: outgoing HTTP/1.1 requests: hyper's client over weft-sched's
 //! `TcpStream`, run in a green thread of its own so only the calling context waits.
 
 use std::future::Future;
@@ -10,9 +10,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 
-use crate::REQUEST_ID_HEADER;
+use weft_http_attrib::REQUEST_ID_HEADER;
 
-/// How long a fetch may take in all (connect, send, response body).
+/// How long the exchange of a fetch may take once connected (send, response head and body).
+/// The connect itself is bounded by the OS (a refused or unreachable loopback port fails at
+/// once).
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response body kept for the guest.
 pub(crate) const MAX_FETCH_BODY: usize = 16 << 20;
@@ -32,25 +34,34 @@ pub(crate) struct FetchResponse {
     pub(crate) body: Bytes,
 }
 
-// WASI errnos a fetch reports.
-pub(crate) const ECONNREFUSED: i32 = 14;
-pub(crate) const EIO: i32 = 29;
-pub(crate) const EINVAL: i32 = 28;
-pub(crate) const ETIMEDOUT: i32 = 73;
-pub(crate) const EMSGSIZE: i32 = 35;
+use weft_wasix_context::Errno;
+
+const EINVAL: Errno = Errno::Inval;
+const EIO: Errno = Errno::Io;
 
 impl FetchRequest {
-    /// Parses what the guest passed; `Err(errno)` for anything invalid. Only `http://` URLs.
+    /// Parses what the guest passed; `Err(errno)` for anything invalid. Only `http://` URLs,
+    /// with a port that fits in 16 bits when one is given.
     pub(crate) fn parse(
         method: &[u8],
         url: &[u8],
         headers: &[u8],
         body: Vec<u8>,
-    ) -> Result<Self, i32> {
+    ) -> Result<Self, Errno> {
         let method = http::Method::from_bytes(method).map_err(|_| EINVAL)?;
         let url = std::str::from_utf8(url).map_err(|_| EINVAL)?;
         let uri: http::Uri = url.parse().map_err(|_| EINVAL)?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(EINVAL);
+        }
+        // `Uri` accepts a port it cannot read as u16 (`:99999`) and then reports none at all;
+        // sending such a request to the default port would reach a server the guest did not
+        // name. A port is explicit when the authority ends in `:digits` outside brackets.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let explicit_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| !port.contains(']'));
+        if explicit_port && uri.port_u16().is_none() {
             return Err(EINVAL);
         }
         let text = std::str::from_utf8(headers).map_err(|_| EINVAL)?;
@@ -74,7 +85,7 @@ impl FetchRequest {
 
     /// Sends it, carrying `request_id` in `weft-request-id` (replacing any the guest set).
     /// Runs in a green thread; `Err(errno)` on failure.
-    pub(crate) fn send(self, request_id: &str) -> Result<FetchResponse, i32> {
+    pub(crate) fn send(self, request_id: &str) -> Result<FetchResponse, Errno> {
         let host = self.uri.host().ok_or(EINVAL)?.to_string();
         let port = self.uri.port_u16().unwrap_or(80);
         let authority = self
@@ -83,8 +94,8 @@ impl FetchRequest {
             .map_or_else(|| host.clone(), |a| a.as_str().to_string());
         let stream =
             weft_sched::TcpStream::connect((host.as_str(), port)).map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => ECONNREFUSED,
-                std::io::ErrorKind::TimedOut => ETIMEDOUT,
+                std::io::ErrorKind::ConnectionRefused => Errno::Connrefused,
+                std::io::ErrorKind::TimedOut => Errno::Timedout,
                 _ => EIO,
             })?;
         let _ = stream.set_nodelay(true);
@@ -123,7 +134,7 @@ impl FetchRequest {
                     if e.downcast_ref::<http_body_util::LengthLimitError>()
                         .is_some()
                     {
-                        EMSGSIZE
+                        Errno::Msgsize
                     } else {
                         EIO
                     }
@@ -133,7 +144,7 @@ impl FetchRequest {
             drop(driver);
             Ok(FetchResponse { status, body })
         };
-        weft_sched::block_on(with_timeout(exchange, FETCH_TIMEOUT)).unwrap_or(Err(ETIMEDOUT))
+        weft_sched::block_on(with_timeout(exchange, FETCH_TIMEOUT)).unwrap_or(Err(Errno::Timedout))
     }
 }
 
@@ -168,6 +179,10 @@ mod tests {
         .unwrap();
         assert_eq!(request.method, http::Method::POST);
         assert_eq!(request.uri.port_u16(), Some(9));
+        let v6 = FetchRequest::parse(b"GET", b"http://[::1]/", b"", Vec::new()).unwrap();
+        assert_eq!(v6.uri.port_u16(), None);
+        let v6 = FetchRequest::parse(b"GET", b"http://[::1]:8080/", b"", Vec::new()).unwrap();
+        assert_eq!(v6.uri.port_u16(), Some(8080));
         assert_eq!(request.headers["x-one"], "1");
         assert_eq!(request.headers["x-two"], "2");
         assert_eq!(&request.body[..], b"hi");
@@ -182,5 +197,8 @@ mod tests {
         assert_eq!(parse(b"GET", b"http://x/", b"no colon"), Some(EINVAL));
         assert_eq!(parse(b"GET", b"http://x/", b"bad name: v"), Some(EINVAL));
         assert_eq!(parse(b"GET", b"\xff", b""), Some(EINVAL));
+        // A port that does not fit is refused, not sent to port 80.
+        assert_eq!(parse(b"GET", b"http://127.0.0.1:99999/x", b""), Some(EINVAL));
+        assert_eq!(parse(b"GET", b"http://127.0.0.1:65536/x", b""), Some(EINVAL));
     }
 }

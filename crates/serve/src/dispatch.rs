@@ -1,0 +1,253 @@
+//! The dispatcher: the requests the server holds, the instances it runs, and [`Shared::pump`],
+//! which applies the registry's [`Action`]s. Every event that changes the registry (submit,
+//! response, exit, trap, backpressure) pumps, from whichever green thread saw it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use weft_http_attrib::{
+    AccessLogLine, Action, InstanceId, Outcome, RequestId, SharedRegistry, Summary, TraceWriter,
+};
+use weft_sched::Sender;
+
+use crate::body::ResponseBody;
+use crate::guest::{GuestKind, InstanceInbox};
+
+/// A request as the server holds it until it is finished: what the guest reads, and where the
+/// response goes. Held until answered even when its instance traps (it may be requeued).
+pub(crate) struct Incoming {
+    pub(crate) id: RequestId,
+    pub(crate) header_value: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) responder: Mutex<Option<Sender<Response<ResponseBody>>>>,
+    pub(crate) status: Mutex<Option<u16>>,
+}
+
+impl Incoming {
+    /// Sends the response (once; later calls do nothing). Returns whether it was sent now.
+    pub(crate) fn respond(&self, shared: &Shared, response: Response<Bytes>) -> bool {
+        let Some(responder) = self.responder.lock().unwrap().take() else {
+            return false;
+        };
+        *self.status.lock().unwrap() = Some(response.status().as_u16());
+        let (parts, bytes) = response.into_parts();
+        let body = ResponseBody::new(bytes, shared.open_responses.clone());
+        // The connection may be gone (client hung up): nothing to do then.
+        let _ = responder.try_send(Response::from_parts(parts, body));
+        true
+    }
+
+    pub(crate) fn responded(&self) -> bool {
+        self.responder.lock().unwrap().is_none()
+    }
+}
+
+/// Settings every guest kind applies at run time.
+pub(crate) struct RunSettings {
+    pub(crate) cpu_budget: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) access_log: bool,
+    pub(crate) max_body: usize,
+}
+
+/// What all green threads of a server share.
+pub(crate) struct Shared {
+    pub(crate) registry: SharedRegistry,
+    pub(crate) settings: RunSettings,
+    pub(crate) guest: Arc<dyn GuestKind>,
+    pub(crate) instances: Mutex<HashMap<InstanceId, Arc<dyn InstanceInbox>>>,
+    pub(crate) requests: Mutex<HashMap<RequestId, Arc<Incoming>>>,
+    pub(crate) trace: Mutex<Option<TraceWriter<BufWriter<File>>>>,
+    pub(crate) open_responses: Arc<AtomicUsize>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) drained_tx: Sender<()>,
+    pub(crate) served: AtomicUsize,
+}
+
+impl Shared {
+    /// Applies the registry's actions until it has none. Called after every event that may
+    /// free or need capacity; safe to call from any green thread at any time.
+    pub(crate) fn pump(self: &Arc<Self>) {
+        self.apply_actions();
+        if self.shutting_down.load(Ordering::Acquire) {
+            // Instances are retired only once nothing waits for one: retiring them earlier
+            // would strand queued requests (a retired instance takes none).
+            let retired = {
+                let mut registry = self.registry.lock();
+                if registry.queue_len() == 0 {
+                    let ids: Vec<InstanceId> =
+                        self.instances.lock().unwrap().keys().copied().collect();
+                    for id in ids {
+                        let _ = registry.retire(id);
+                    }
+                    true
+                } else {
+                    false
+                }
+            };
+            if retired {
+                self.apply_actions();
+            }
+        }
+        self.check_drained();
+    }
+
+    fn apply_actions(self: &Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let action = {
+                let mut registry = self.registry.lock();
+                match registry.next_action(now) {
+                    Some(Action::SpawnInstance) => match registry.add_instance() {
+                        Ok(id) => {
+                            // Registered before the registry lock is released: another pump
+                            // may start a request on it right away.
+                            let (inbox, body) = self.guest.clone().new_instance(self.clone(), id);
+                            self.instances.lock().unwrap().insert(id, inbox);
+                            Some(Ok((id, body)))
+                        }
+                        Err(_) => {
+                            registry.spawn_failed();
+                            None
+                        }
+                    },
+                    Some(other) => Some(Err(other)),
+                    None => None,
+                }
+            };
+            match action {
+                None => break,
+                Some(Ok((instance, body))) => {
+                    if let Some(trace) = self.trace.lock().unwrap().as_mut() {
+                        let _ = trace.instance_started(instance);
+                    }
+                    weft_sched::spawn(body);
+                }
+                Some(Err(Action::Start { request, instance })) => {
+                    let incoming = self.requests.lock().unwrap().get(&request).cloned();
+                    let inbox = self.instances.lock().unwrap().get(&instance).cloned();
+                    match (incoming, inbox) {
+                        (Some(incoming), Some(inbox)) => inbox.start(incoming),
+                        // Impossible by construction (requests are registered before they
+                        // can be started; instances before they get requests); say so loudly.
+                        _ => eprintln!(
+                            "weft serve: internal error: cannot start {request} on {instance}"
+                        ),
+                    }
+                }
+                Some(Err(Action::DropInstance(instance))) => {
+                    if let Some(inbox) = self.instances.lock().unwrap().remove(&instance) {
+                        inbox.stop();
+                    }
+                }
+                Some(Err(Action::SpawnInstance)) => unreachable!("handled under the lock"),
+            }
+        }
+    }
+
+    /// A request is over: answer it if nobody did (500), log it, trace it, forget it.
+    pub(crate) fn finish(&self, summary: &Summary) {
+        let incoming = self.requests.lock().unwrap().remove(&summary.request);
+        let Some(incoming) = incoming else { return };
+        if !incoming.responded() {
+            incoming.respond(self, plain_response(500, "the request failed\n"));
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let status = *incoming.status.lock().unwrap();
+        if self.settings.access_log {
+            let line = AccessLogLine {
+                finished_at: SystemTime::now(),
+                summary,
+                header_id: &incoming.header_value,
+                method: &incoming.method,
+                path: &incoming.path,
+                status,
+            };
+            eprintln!("{line}");
+        }
+        if let Some(trace) = self.trace.lock().unwrap().as_mut() {
+            let label = format!(
+                "{} {} {}",
+                incoming.method,
+                incoming.path,
+                status.map_or("-".to_string(), |s| s.to_string())
+            );
+            let args = serde_json::json!({
+                "id": incoming.header_value,
+                "outgoing": summary.outgoing,
+                "outcome": outcome_name(&summary.outcome),
+                "post_response_ms": summary.post_response_time().as_secs_f64() * 1e3,
+            });
+            let _ = trace.request_finished(summary.request, summary.finished_at, &label, args);
+        }
+    }
+
+    /// Fails every request of an instance that trapped or could not be created, and lets the
+    /// registry requeue the ones it had not touched.
+    pub(crate) fn instance_failed(
+        self: &Arc<Self>,
+        instance: InstanceId,
+        culprit: Option<RequestId>,
+    ) {
+        let fallout = self
+            .registry
+            .lock()
+            .instance_trapped(instance, culprit, Instant::now());
+        if let Ok(fallout) = fallout {
+            for summary in &fallout.failed {
+                self.finish(summary);
+            }
+        }
+    }
+
+    /// `request` ended without a response: it is answered 500 and finished.
+    pub(crate) fn no_response(&self, request: RequestId) {
+        let summary = self.registry.lock().no_response(request, Instant::now());
+        if let Ok(summary) = summary {
+            self.finish(&summary);
+        }
+    }
+
+    fn check_drained(&self) {
+        if self.shutting_down.load(Ordering::Acquire) && self.registry.lock().is_drained() {
+            let _ = self.drained_tx.try_send(());
+        }
+    }
+
+    pub(crate) fn begin_shutdown(self: &Arc<Self>) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.registry.lock().begin_shutdown();
+        self.pump();
+    }
+}
+
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Completed => "completed",
+        Outcome::Drained { .. } => "drained",
+        Outcome::NoResponse => "no_response",
+        Outcome::Failed => "failed",
+    }
+}
+
+/// A short `text/plain` response the server makes itself (refusals, failures).
+pub(crate) fn plain_response(status: u16, text: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(text.to_string()));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}

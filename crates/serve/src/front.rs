@@ -1,0 +1,133 @@
+//! The HTTP front end: the accept loop and one hyper `http1` connection per green thread.
+//! A request is parsed, its body read (`413` beyond the limit), and submitted to the
+//! registry under its lock (`508` for a loop, `503` when full or shutting down); the
+//! connection's green thread then waits for the response the instance sends back.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming as IncomingBody;
+use hyper::{Request, Response};
+use weft_http_attrib::{REQUEST_ID_HEADER, Refusal};
+use weft_sched::TcpListener;
+
+use crate::body::ResponseBody;
+use crate::dispatch::{Incoming, Shared, plain_response};
+
+pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            // Out of descriptors and the like: back off a little instead of spinning.
+            Err(_) => {
+                weft_sched::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        weft_sched::spawn(move || {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(serve_one(shared, request).await) }
+            });
+            // Malformed requests are answered 400 by hyper, which then closes the connection.
+            let _ = weft_sched::block_on(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(weft_sched::hyper_rt::HyperTimer::current())
+                    .serve_connection(stream, service),
+            );
+        });
+    }
+}
+
+async fn serve_one(shared: Arc<Shared>, request: Request<IncomingBody>) -> Response<ResponseBody> {
+    let refuse = |status: u16, text: &str| {
+        let (parts, bytes) = plain_response(status, text).into_parts();
+        Response::from_parts(
+            parts,
+            ResponseBody::new(bytes, shared.open_responses.clone()),
+        )
+    };
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let body = match Limited::new(body, shared.settings.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                refuse(413, "request body too large\n")
+            } else {
+                refuse(400, "cannot read the request body\n")
+            };
+        }
+    };
+    let (tx, rx) = weft_sched::channel(1);
+    let submitted = {
+        let ids: Vec<&str> = parts
+            .headers
+            .get_all(REQUEST_ID_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut registry = shared.registry.lock();
+        match registry.submit(ids, Instant::now()) {
+            Ok(id) => {
+                let incoming = Arc::new(Incoming {
+                    id,
+                    header_value: registry.header_value(id),
+                    method: parts.method.to_string(),
+                    path: path.clone(),
+                    headers: parts.headers.clone(),
+                    body,
+                    responder: Mutex::new(Some(tx)),
+                    status: Mutex::new(None),
+                });
+                // Registered under the registry lock: no pump can start it before it is here.
+                shared.requests.lock().unwrap().insert(id, incoming);
+                Ok(id)
+            }
+            Err(refusal) => Err(refusal),
+        }
+    };
+    match submitted {
+        Ok(_) => {
+            shared.pump();
+            match rx.recv_async().await {
+                Ok(response) => response,
+                Err(_) => refuse(500, "the request was lost\n"),
+            }
+        }
+        Err(refusal) => {
+            let status = refusal.status();
+            if shared.settings.access_log {
+                eprintln!(
+                    "weft serve: refused method={} path={:?} status={status} reason={}",
+                    parts.method,
+                    path,
+                    match refusal {
+                        Refusal::LoopDetected { .. } => "loop_detected",
+                        Refusal::Overloaded => "overloaded",
+                        Refusal::ShuttingDown => "shutting_down",
+                    }
+                );
+            }
+            let text = if status == 508 {
+                "loop detected: this request carries the id of one of this server's live requests\n"
+            } else {
+                "service unavailable\n"
+            };
+            refuse(status, text)
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! One instance of a WASIX guest: a green thread that owns its wasmtime store (a store is
+//! driven by one thread at a time, and this one never leaves it) and plays the WASIX main
+//! context for the request contexts running in it, in the order its [`Scheduler`] says.
+//!
+//! [`Scheduler`]: super::scheduler::Scheduler
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{Instance, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use weft_http_attrib::{Attribution, InstanceId, RequestId};
+use weft_sched::{Receiver, Sender};
+use weft_wasix_context::{ContextId, ContextState, HostContexts, Resumed, WasixContexts};
+
+use super::fetch_client::{FetchResponse, with_timeout};
+use super::scheduler::{HandleId, Parked};
+use super::state::{HostState, InstanceHttp, contexts_of};
+use super::{HANDLER_EXPORT, WasixGuest};
+use crate::dispatch::{Incoming, Shared};
+use crate::guest::InstanceInbox;
+
+/// What an instance's green thread is told.
+pub(crate) enum InstanceMsg {
+    /// Run this request's handler in a new context.
+    Start(Arc<Incoming>),
+    /// A fetch started by a context of this instance finished.
+    FetchDone {
+        handle: HandleId,
+        result: Result<FetchResponse, weft_wasix_context::Errno>,
+    },
+    /// The registry dropped this instance: nothing is left in it.
+    Stop,
+}
+
+impl InstanceInbox for Sender<InstanceMsg> {
+    fn start(&self, request: Arc<Incoming>) {
+        let _ = self.send(InstanceMsg::Start(request));
+    }
+
+    fn stop(&self) {
+        let _ = self.send(InstanceMsg::Stop);
+    }
+}
+
+pub(crate) fn new_store(guest: &WasixGuest, http: Option<InstanceHttp>) -> Store<HostState> {
+    let wasi = WasiCtxBuilder::new()
+        .inherit_stdout()
+        .inherit_stderr()
+        .build_p1();
+    let mut store = Store::new(
+        &guest.engine,
+        HostState {
+            wasi,
+            contexts: WasixContexts::new(guest.contexts.clone()),
+            http,
+        },
+    );
+    // Every epoch tick (weft-sched's ticker) the running request's CPU budget is checked, and
+    // the running context is preempted back to the instance loop (main), which runs the
+    // instance's other ready contexts and takes new requests before it resumes this one
+    // behind them: a looping handler holds up neither its instance nor its worker.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut context| {
+        let HostState { contexts, http, .. } = context.data_mut();
+        let Some(http) = http.as_mut() else {
+            return Ok(UpdateDeadline::Yield(1));
+        };
+        if !http.cpu.in_context() {
+            // Wasm run by the host outside any context (`_initialize`): just share the worker.
+            return Ok(UpdateDeadline::Yield(1));
+        }
+        if let Err((request, budget)) = http.cpu.check(Instant::now()) {
+            return Err(wasmtime::Error::msg(format!(
+                "request {request} exceeded its CPU budget of {} ms",
+                budget.as_millis()
+            )));
+        }
+        // A context between `block_on` and its switch to main is about to come back anyway
+        // (and the pending `block_on` must stay its own).
+        if !http.scheduler.blocking() {
+            let active = contexts.active();
+            if contexts.preempt_to_main() {
+                http.scheduler.preempting(active);
+            }
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+async fn instantiate(guest: &WasixGuest, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
+    let instance = guest.pre.instantiate_async(&mut *store).await?;
+    if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+        init.call_async(&mut *store, ()).await?;
+    }
+    Ok(instance)
+}
+
+/// Instantiates the guest once, serving nothing: a load-time check.
+pub(crate) fn probe(guest: &WasixGuest) -> Result<(), String> {
+    let mut store = new_store(guest, None);
+    weft_sched::block_on(instantiate(guest, &mut store))
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The body of an instance's green thread.
+pub(crate) fn run_instance(
+    guest: Arc<WasixGuest>,
+    shared: Arc<Shared>,
+    id: InstanceId,
+    inbox_tx: Sender<InstanceMsg>,
+    inbox: Receiver<InstanceMsg>,
+) {
+    let http = InstanceHttp::new(shared.clone(), id, inbox_tx);
+    let mut store = new_store(&guest, Some(http));
+    let instance = match weft_sched::block_on(instantiate(&guest, &mut store)) {
+        Ok(instance) => instance,
+        Err(error) => {
+            instantiation_failed(&shared, id, &inbox, &error);
+            return;
+        }
+    };
+    let mut runner = Runner {
+        store,
+        instance,
+        host: HostContexts::new(contexts_of),
+        lost_events: None,
+    };
+    let trapped = runner.serve(&inbox);
+    // Contexts still suspended die here, before the store.
+    let _ = runner.host.release_all(&mut runner.store);
+    drop(runner);
+    if trapped {
+        shared.pump();
+    }
+}
+
+fn instantiation_failed(
+    shared: &Arc<Shared>,
+    id: InstanceId,
+    inbox: &Receiver<InstanceMsg>,
+    error: &wasmtime::Error,
+) {
+    eprintln!("weft serve: instance {id} could not be created: {error:?}");
+    // Requests already sent here fail (so a guest that cannot be instantiated makes 500s,
+    // not a loop); ones whose start is still on its way go back to the queue.
+    while let Ok(message) = inbox.try_recv() {
+        if let InstanceMsg::Start(incoming) = message {
+            shared.no_response(incoming.id);
+        }
+    }
+    shared.instance_failed(id, None);
+    shared.pump();
+}
+
+struct Runner {
+    store: Store<HostState>,
+    instance: Instance,
+    host: HostContexts<fn(&mut HostState) -> &mut WasixContexts>,
+    lost_events: Option<super::state::EventsLost>,
+}
+
+impl Runner {
+    fn http(&mut self) -> &mut InstanceHttp {
+        self.store
+            .data_mut()
+            .http
+            .as_mut()
+            .expect("serving stores have HTTP state")
+    }
+
+    /// Applies the guest's context events (creations, terminations, destructions). When
+    /// events were lost the instance is marked to end, as on a trap.
+    fn sync(&mut self) {
+        let HostState { contexts, http, .. } = self.store.data_mut();
+        let result = http
+            .as_mut()
+            .expect("serving stores have HTTP state")
+            .apply_context_events(contexts);
+        if let Err(lost) = result {
+            self.lost_events.get_or_insert(lost);
+        }
+    }
+
+    /// Ends the instance as a trap would, if its context events were lost.
+    fn check_lost_events(&mut self) -> Result<(), ()> {
+        let Some(lost) = self.lost_events.take() else {
+            return Ok(());
+        };
+        let http = self.http();
+        let (id, shared) = (http.id, http.shared.clone());
+        eprintln!("weft serve: instance {id} ended: {lost}");
+        shared.instance_failed(id, None);
+        Err(())
+    }
+
+    /// Serves until the registry drops the instance (`false`) or it traps (`true`).
+    fn serve(&mut self, inbox: &Receiver<InstanceMsg>) -> bool {
+        loop {
+            while let Ok(message) = inbox.try_recv() {
+                if !self.handle(message) {
+                    return false;
+                }
+            }
+            self.fire_timers();
+            if self.check_lost_events().is_err() {
+                return true;
+            }
+            if let Some(context) = self.http().scheduler.next_ready() {
+                if self.run_context(context).is_err() || self.check_lost_events().is_err() {
+                    return true;
+                }
+                weft_sched::yield_if_needed();
+                continue;
+            }
+            let message = match self.http().scheduler.next_deadline() {
+                None => inbox.recv().ok(),
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    weft_sched::block_on(with_timeout(inbox.recv_async(), wait))
+                        .and_then(Result::ok)
+                }
+            };
+            if let Some(message) = message
+                && !self.handle(message)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// `false` to stop.
+    fn handle(&mut self, message: InstanceMsg) -> bool {
+        match message {
+            InstanceMsg::Stop => return false,
+            InstanceMsg::Start(incoming) => self.start(incoming),
+            InstanceMsg::FetchDone { handle, result } => {
+                self.http().scheduler.fetch_done(handle, result);
+            }
+        }
+        true
+    }
+
+    fn start(&mut self, incoming: Arc<Incoming>) {
+        let request = incoming.id;
+        self.sync();
+        match self
+            .host
+            .spawn(&mut self.store, &self.instance, HANDLER_EXPORT)
+        {
+            Ok(context) => {
+                self.sync();
+                self.http()
+                    .request_started(context, incoming, Instant::now());
+            }
+            Err(error) => {
+                // No context for it (the live-context limit): it cannot run here.
+                eprintln!("weft serve: cannot start {request}: {error}");
+                let shared = self.http().shared.clone();
+                shared.no_response(request);
+                shared.pump();
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let expired = self.http().scheduler.fire_timers(now);
+        for request in expired {
+            self.drain(request, now);
+        }
+    }
+
+    /// The drain deadline of `request` passed: kill what still works for it.
+    fn drain(&mut self, request: RequestId, now: Instant) {
+        let http = self.http();
+        if !http.shared.registry.lock().is_live(request) {
+            return;
+        }
+        let Ok((summary, stragglers)) = http.attribution.drain(request, now) else {
+            return;
+        };
+        for &context in &stragglers {
+            http.handlers.remove(&context);
+            http.scheduler.forget_context(context);
+        }
+        http.forget(request);
+        for context in stragglers {
+            // Suspended or terminated: both can be destroyed from main.
+            let _ = self.host.destroy(&mut self.store, context);
+        }
+        let shared = self.http().shared.clone();
+        shared.finish(&summary);
+        self.sync();
+        shared.pump();
+    }
+
+    /// Resumes `context` until it waits, returns or traps. `Err` if the instance trapped.
+    fn run_context(&mut self, context: ContextId) -> Result<(), ()> {
+        if self.store.data().contexts.state(context) != Some(ContextState::Suspended) {
+            return Ok(()); // destroyed (or drained) while it waited
+        }
+        let start = Instant::now();
+        let request = {
+            let http = self.http();
+            let request = http.attribution.attribute(&context).ok();
+            http.cpu.start(request, start);
+            request
+        };
+        let result = weft_sched::block_on(self.host.resume(&mut self.store, context));
+        let end = Instant::now();
+        let http = self.http();
+        http.cpu.stop(end);
+        if let Some(trace) = http.shared.trace.lock().unwrap().as_mut() {
+            let _ = trace.context_run(http.id, context, request, start, end);
+        }
+        match result {
+            Ok(Resumed::SwitchedToMain) => {
+                self.sync();
+                let http = self.http();
+                if http.scheduler.parked() == Parked::Stray {
+                    eprintln!(
+                        "weft serve: a context of instance {} switched to main without \
+                         weft_http_v1 block_on: it is left suspended",
+                        http.id
+                    );
+                }
+                self.reap_terminated();
+                self.pump();
+                Ok(())
+            }
+            Ok(Resumed::Returned) => {
+                self.sync();
+                self.reap_terminated();
+                self.pump();
+                Ok(())
+            }
+            Err(error) => {
+                let http = self.http();
+                let culprit = http.cpu.take_exceeded().or(request);
+                let (id, shared) = (http.id, http.shared.clone());
+                let culprit_text = culprit.map_or("-".to_string(), |r| r.to_string());
+                eprintln!("weft serve: instance {id} trapped (request {culprit_text}): {error:?}");
+                shared.instance_failed(id, culprit);
+                Err(())
+            }
+        }
+    }
+
+    /// Contexts whose entrypoint returned: a handler's response goes out now if it has not,
+    /// and the context is destroyed (its request finishes when its last context is gone).
+    fn reap_terminated(&mut self) {
+        loop {
+            let terminated = self.http().take_terminated();
+            if terminated.is_empty() {
+                return;
+            }
+            for context in terminated {
+                let http = self.http();
+                if let Some(&request) = http.handlers.get(&context) {
+                    http.send_response(request);
+                }
+                let _ = self.host.destroy(&mut self.store, context);
+            }
+            self.sync();
+        }
+    }
+
+    /// Responses and exits free capacity: let the dispatcher use it.
+    fn pump(&mut self) {
+        let shared = self.http().shared.clone();
+        shared.pump();
+    }
+}

@@ -1,0 +1,223 @@
+//! The store data of a WASIX HTTP guest's instance: WASI, the contexts, and the host side of
+//! the `weft_http_v1` imports ([`InstanceHttp`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::Response;
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use weft_http_attrib::{ContextExit, GreenAttribution, InstanceId, REQUEST_ID_HEADER, RequestId};
+use weft_sched::Sender;
+use weft_wasix_context::{ContextEvent, ContextId, MAIN_CONTEXT, WasixContexts};
+
+use super::instance::InstanceMsg;
+use super::scheduler::{CpuAccount, Scheduler};
+use crate::dispatch::{Incoming, Shared};
+
+/// The store data of an HTTP guest's instance.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) contexts: WasixContexts,
+    /// `None` only in stores that run no request (import checks, the instantiation probe).
+    pub(crate) http: Option<InstanceHttp>,
+}
+
+impl HostState {
+    /// A store's data that serves nothing (import checks).
+    pub(crate) fn placeholder() -> Self {
+        HostState {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            contexts: WasixContexts::default(),
+            http: None,
+        }
+    }
+}
+
+pub(crate) fn contexts_of(state: &mut HostState) -> &mut WasixContexts {
+    &mut state.contexts
+}
+
+/// The guest made more context events between two host calls than the host keeps.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the guest created and destroyed contexts faster than they could be attributed ({0} events \
+     lost between two host calls); its instance is ended"
+)]
+pub(crate) struct EventsLost(usize);
+
+/// A response being built by the guest.
+pub(crate) struct Draft {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Draft {
+    fn new() -> Self {
+        Draft {
+            status: 200,
+            headers: http::HeaderMap::new(),
+            body: Vec::new(),
+        }
+    }
+}
+
+/// A request started on this instance.
+pub(crate) struct RequestState {
+    pub(crate) incoming: Arc<Incoming>,
+    /// `None` once the response went out.
+    pub(crate) draft: Option<Draft>,
+}
+
+/// The per-instance host side of the `weft_http_v1` imports.
+pub(crate) struct InstanceHttp {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: InstanceId,
+    pub(crate) attribution: GreenAttribution,
+    pub(crate) requests: HashMap<RequestId, RequestState>,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) cpu: CpuAccount,
+    pub(crate) inbox: Sender<InstanceMsg>,
+    /// Handler contexts and their request.
+    pub(crate) handlers: HashMap<ContextId, RequestId>,
+    /// Contexts whose entrypoint ended, to destroy from main.
+    terminated: Vec<ContextId>,
+}
+
+impl InstanceHttp {
+    pub(crate) fn new(shared: Arc<Shared>, id: InstanceId, inbox: Sender<InstanceMsg>) -> Self {
+        InstanceHttp {
+            attribution: GreenAttribution::new(shared.registry.clone(), id),
+            cpu: CpuAccount::new(shared.settings.cpu_budget),
+            shared,
+            id,
+            requests: HashMap::new(),
+            scheduler: Scheduler::default(),
+            inbox,
+            handlers: HashMap::new(),
+            terminated: Vec::new(),
+        }
+    }
+
+    /// `request` starts in the new handler context `context`.
+    pub(crate) fn request_started(
+        &mut self,
+        context: ContextId,
+        incoming: Arc<Incoming>,
+        now: Instant,
+    ) {
+        let request = incoming.id;
+        self.handlers.insert(context, request);
+        self.requests.insert(
+            request,
+            RequestState {
+                incoming,
+                draft: Some(Draft::new()),
+            },
+        );
+        if let Err(error) = self.attribution.request_started(context, request) {
+            eprintln!("weft serve: internal error: {error}");
+        }
+        self.scheduler.make_ready(context);
+        if let Some(trace) = self.shared.trace.lock().unwrap().as_mut() {
+            let _ = trace.request_started(request, self.id, now);
+        }
+    }
+
+    /// Applies what the guest did to its contexts since the last call: a created context
+    /// works for the request of the context that created it (weft-wasix-context reports the
+    /// exact creator); a terminated one is queued for [`take_terminated`](Self::take_terminated);
+    /// a destroyed one is accounted (its request may be finished). Called at every host call
+    /// and after every resume, so a creation is applied before anything the new context does.
+    ///
+    /// `Err` when the guest churned through so many contexts between two host calls that
+    /// events were lost: attribution can no longer be exact, so the instance must end (a trap).
+    pub(crate) fn apply_context_events(
+        &mut self,
+        contexts: &mut WasixContexts,
+    ) -> Result<(), EventsLost> {
+        let dropped = contexts.dropped_events();
+        let now = Instant::now();
+        let events: Vec<ContextEvent> = contexts.take_events().collect();
+        for event in events {
+            match event {
+                ContextEvent::Created { id, creator, .. } => {
+                    // Host spawns are registered by `request_started`; a creator that works
+                    // for no request leaves the new context unattributed.
+                    if creator != MAIN_CONTEXT {
+                        let _ = self.attribution.context_created(creator, id);
+                    }
+                }
+                ContextEvent::Terminated { id } => self.terminated.push(id),
+                ContextEvent::Destroyed { id } => self.context_gone(id, now),
+            }
+        }
+        if dropped > 0 {
+            return Err(EventsLost(dropped));
+        }
+        Ok(())
+    }
+
+    /// The contexts that terminated since the last call.
+    pub(crate) fn take_terminated(&mut self) -> Vec<ContextId> {
+        std::mem::take(&mut self.terminated)
+    }
+
+    /// `context` no longer exists: account its exit.
+    pub(crate) fn context_gone(&mut self, context: ContextId, now: Instant) {
+        self.handlers.remove(&context);
+        self.scheduler.forget_context(context);
+        match self.attribution.context_exited(context, now) {
+            Ok(ContextExit::LastForRequest { request, finished }) => {
+                self.forget(request);
+                match finished {
+                    Some(summary) => self.shared.finish(&summary),
+                    // Its last context is gone and no response went out: 500.
+                    None => self.shared.no_response(request),
+                }
+            }
+            Ok(_) => {}
+            Err(error) => eprintln!("weft serve: internal error: {error}"),
+        }
+    }
+
+    pub(crate) fn forget(&mut self, request: RequestId) {
+        self.requests.remove(&request);
+        self.cpu.forget(request);
+    }
+
+    /// Sends the response of `request` as drafted (once).
+    pub(crate) fn send_response(&mut self, request: RequestId) -> bool {
+        let Some(state) = self.requests.get_mut(&request) else {
+            return false;
+        };
+        let Some(draft) = state.draft.take() else {
+            return false;
+        };
+        let mut response = Response::new(Bytes::from(draft.body));
+        *response.status_mut() =
+            http::StatusCode::from_u16(draft.status).unwrap_or(http::StatusCode::OK);
+        *response.headers_mut() = draft.headers;
+        if let Ok(value) = http::HeaderValue::from_str(&state.incoming.header_value) {
+            // The client can quote it (logs, traces); a guest-set value is replaced.
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        state.incoming.respond(&self.shared, response);
+        let now = Instant::now();
+        let sent = self.shared.registry.lock().response_sent(request, now);
+        match sent {
+            Ok(Some(summary)) => {
+                self.forget(request);
+                self.shared.finish(&summary);
+            }
+            Ok(None) => self
+                .scheduler
+                .drain_by(request, now + self.shared.settings.drain_timeout),
+            Err(error) => eprintln!("weft serve: internal error: {error}"),
+        }
+        true
+    }
+}
