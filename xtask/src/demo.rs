@@ -56,7 +56,9 @@ pub fn run() -> Result {
 
 /// `weft serve` on loopback: server A runs the handler guest of the end-to-end tests, server B
 /// a hello handler that A fetches from. Shows reuse, attribution, loop detection and
-/// post-response work, then both access logs and a clean drain on SIGINT.
+/// post-response work, then both access logs, the trace links between them (W3C Trace
+/// Context: each of B's requests names A's request span as its parent) and a clean drain on
+/// SIGINT.
 fn serve_demo(weft: &Path) -> Result {
     eprintln!(
         "\n== weft serve: requests, attributed fetches, loop detection, post-response work =="
@@ -102,7 +104,39 @@ fn serve_demo(weft: &Path) -> Result {
     a_log.lines().for_each(|line| println!("  {line}"));
     println!("server B's access log (the requests A made):");
     b_log.lines().for_each(|line| println!("  {line}"));
+    println!("\nacross servers (traceparent): A's request span -> the parent of B's request");
+    for (a_line, b_line) in cross_server_links(&a_log, &b_log) {
+        let show = |line: &str, key: &str| log_field(line, key).unwrap_or("-").to_string();
+        println!(
+            "  A {} span={} -> B {} parent={}  (trace_id={})",
+            show(a_line, "path"),
+            show(a_line, "span"),
+            show(b_line, "path"),
+            show(b_line, "parent"),
+            show(b_line, "trace_id"),
+        );
+    }
     Ok(())
+}
+
+/// Pairs each access-log line of B with the line of A whose `span` is its `parent`.
+fn cross_server_links<'a>(a_log: &'a str, b_log: &'a str) -> Vec<(&'a str, &'a str)> {
+    b_log
+        .lines()
+        .filter_map(|b_line| {
+            let parent = log_field(b_line, "parent")?;
+            let a_line = a_log
+                .lines()
+                .find(|a_line| log_field(a_line, "span") == Some(parent))?;
+            Some((a_line, b_line))
+        })
+        .collect()
+}
+
+/// The value of `key` in a logfmt line (unquoted values only, as ids and demo paths are).
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// One request of the serve demo: what it shows and the headers it needs.
@@ -123,6 +157,7 @@ impl Server {
         let guest = guests::output_dir().join(format!("{guest}.wasm"));
         let mut child = Command::new(weft)
             .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "2"])
+            .arg("--trace-context")
             .arg(&guest)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -186,4 +221,24 @@ fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(u16, S
         .unwrap_or("-")
         .to_string();
     Ok((status, id, body.trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b_lines_are_linked_to_the_a_line_whose_span_is_their_parent() {
+        let a_log = "t request=r1 path=/hello status=200 trace_id=aa parent=- span=s1\n\
+                     weft serve: refused method=GET path=\"/x\" status=508\n\
+                     t request=r2 path=/fetch status=200 trace_id=bb parent=- span=s2\n";
+        let b_log = "t request=r1 path=/ status=200 trace_id=bb parent=s2 span=s9\n\
+                     t request=r2 path=/ status=200 trace_id=cc parent=zz span=s8\n";
+        let links = cross_server_links(a_log, b_log);
+        assert_eq!(links.len(), 1);
+        assert_eq!(log_field(links[0].0, "path"), Some("/fetch"));
+        assert_eq!(log_field(links[0].1, "parent"), Some("s2"));
+        assert_eq!(log_field(links[0].1, "request"), Some("r1"));
+        assert_eq!(log_field("a=1 ab=2", "b"), None);
+    }
 }

@@ -26,7 +26,13 @@ pub fn output_dir() -> PathBuf {
     target_dir().join("guests")
 }
 
+/// The C guests, then the component guests ([`crate::components`]).
 pub fn build_all() -> Result {
+    build_c()?;
+    crate::components::build_all()
+}
+
+fn build_c() -> Result {
     let guests = workspace_root().join("guests");
     let sources = find_sources(&guests)?;
     if sources.is_empty() {

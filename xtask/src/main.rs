@@ -4,6 +4,7 @@
 
 mod aarch64;
 mod bench;
+mod components;
 mod demo;
 mod guests;
 mod toolchain;
@@ -21,7 +22,8 @@ cargo xtask <command>
   test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
                        too when the Rust aarch64 target is installed)
   bench <name>         run a side-by-side benchmark: fiber, sched, wasix, serve
-  build-guests         build the C guests in guests/ into target/guests/
+  build-guests         build the C guests in guests/ into target/guests/, and the Python
+                       wasi:http components in guests/components/ into target/guests/components/
   cc FILE.c -o OUT.wasm  compile a C file with the project's wasm toolchain and flags
 ";
 

@@ -2,7 +2,9 @@
 //!
 //! Starts the release `weft` binary on the trivial handler guest twice, once with concurrent
 //! instance reuse (the default) and once with one fresh instance per request, then once on a
-//! handler that makes one upstream fetch to a small HTTP server this process runs on loopback.
+//! handler that makes one upstream fetch to a small HTTP server this process runs on loopback,
+//! and once more on the trivial handler with observability on (Prometheus metrics and W3C
+//! Trace Context), to compare with the first.
 //! Each configuration is loaded by `wrk` (a second process) over 64 keep-alive connections,
 //! with the access log off (`--quiet`) on every side: what is measured is serving, not writing
 //! a line per request to stderr. Prints:
@@ -11,9 +13,10 @@
 //! bench serve.rps weft_reuse=<req/s> weft_per_request=<req/s> ratio=<reuse/per_request>
 //! bench serve.p99_ms weft_reuse=<ms> weft_per_request=<ms>
 //! bench serve.fetch_rps weft_reuse=<req/s>
+//! bench serve.observability_overhead ratio=<rps_on/rps_off>
 //! ```
 //!
-//! The three servers run side by side and are measured in turns, `--rounds` times (default 3),
+//! The four servers run side by side and are measured in turns, `--rounds` times (default 3),
 //! so that the noise of a shared machine falls on all of them alike; each figure is the median
 //! of its rounds. Options: `--duration SECS` (measured seconds per run, default 5),
 //! `--rounds N` and `--connections N` (default 64).
@@ -37,6 +40,10 @@ const TRIVIAL_GUEST: &str = "http_hello";
 const FETCH_GUEST: &str = "http_fetch_once";
 /// `weft serve`'s flag for one fresh instance per request.
 const PER_REQUEST_FLAG: &str = "--per-request-instance";
+/// Observability on: metrics (a listener of their own, on a port the kernel picks) and trace
+/// context, each request then carrying a new span id into the access log (off here, as
+/// everywhere in this bench) and the metrics.
+const OBSERVED_FLAGS: &[&str] = &["--metrics-addr", "127.0.0.1:0", "--trace-context"];
 /// How long `weft serve` may take to accept its first connection.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Unmeasured load before the first round: instances, stacks and caches warm up.
@@ -104,15 +111,17 @@ pub fn run(args: &[String]) -> Result {
             flags: &[],
             header: Some(&upstream_header),
         },
+        Config {
+            name: "observed",
+            guest: &trivial,
+            flags: OBSERVED_FLAGS,
+            header: None,
+        },
     ];
-    let [reuse, per_request, fetching] = measure_in_turns(&weft, &configs, &options)?;
+    let [reuse, per_request, fetching, observed] = measure_in_turns(&weft, &configs, &options)?;
     drop(upstream);
 
-    let ratio = if per_request.requests_per_second > 0.0 {
-        reuse.requests_per_second / per_request.requests_per_second
-    } else {
-        f64::INFINITY
-    };
+    let ratio = ratio_of(reuse.requests_per_second, per_request.requests_per_second);
     println!(
         "bench serve.rps weft_reuse={:.0} weft_per_request={:.0} ratio={ratio:.2}",
         reuse.requests_per_second, per_request.requests_per_second
@@ -124,6 +133,10 @@ pub fn run(args: &[String]) -> Result {
     println!(
         "bench serve.fetch_rps weft_reuse={:.0}",
         fetching.requests_per_second
+    );
+    println!(
+        "bench serve.observability_overhead ratio={:.3}",
+        ratio_of(observed.requests_per_second, reuse.requests_per_second)
     );
     Ok(())
 }
@@ -216,6 +229,11 @@ fn measure_in_turns<const N: usize>(
         requests_per_second: median(rounds[i].iter().map(|l| l.requests_per_second)),
         p99_ms: median(rounds[i].iter().map(|l| l.p99_ms)),
     }))
+}
+
+/// `a / b`, infinite when `b` measured nothing.
+fn ratio_of(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::INFINITY }
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use weft_cli::run::{EXIT_LOAD_ERROR, RunOptions};
 use weft_wasix_context::ContextConfig;
 
+mod limit_args;
+
+use limit_args::{LimitArgs, contexts};
+
 #[derive(Parser)]
 #[command(
     name = "weft",
@@ -24,7 +28,7 @@ enum Command {
     /// Run a WASI preview 1 command (core module) with the WASIX context API
     Run(RunArgs),
     /// Serve HTTP: each request runs as a WASIX context of a reused guest instance
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -63,8 +67,22 @@ struct ServeArgs {
     #[arg(long)]
     quiet: bool,
     /// Maximum live contexts per instance
-    #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts)]
-    max_contexts: usize,
+    #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts as u64, value_parser = contexts::max_contexts())]
+    max_contexts: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// W3C Trace Context: continue incoming `traceparent`, send it on with every fetch, log ids
+    #[arg(long)]
+    trace_context: bool,
+    /// Share the listening port with other processes (SO_REUSEPORT)
+    #[arg(long)]
+    reuse_port: bool,
+    /// Export spans to this OpenTelemetry collector (OTLP/HTTP protobuf); implies --trace-context
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// The guest: a `.wasm` module (or `.wat` text) exporting `weft_http_handle`
     wasm: PathBuf,
 }
@@ -78,14 +96,14 @@ struct RunArgs {
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dir: Vec<String>,
     /// Maximum live contexts per instance; `context_create` beyond it fails with EAGAIN
-    #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts)]
-    max_contexts: usize,
+    #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts as u64, value_parser = contexts::max_contexts())]
+    max_contexts: u64,
     /// Native stack wasm may use in each context (and main), in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = ContextConfig::default().stack_size)]
-    context_stack_size: usize,
+    #[arg(long, value_name = "BYTES", default_value_t = ContextConfig::default().stack_size as u64, value_parser = contexts::stack_size())]
+    context_stack_size: u64,
     /// Linear-memory (C shadow) stack of each context, in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = ContextConfig::default().shadow_stack_size)]
-    shadow_stack_size: usize,
+    #[arg(long, value_name = "BYTES", default_value_t = ContextConfig::default().shadow_stack_size as u64, value_parser = contexts::shadow_stack_size())]
+    shadow_stack_size: u64,
     /// The guest: a `.wasm` module (or `.wat` text)
     wasm: PathBuf,
     /// Arguments for the guest (everything after the module, `--` optional)
@@ -97,7 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run(args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
     };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -106,10 +124,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> i32 {
+    // The parsers bound every value far below `usize::MAX`.
     let mut options = RunOptions::new(&args.wasm).contexts(ContextConfig {
-        max_contexts: args.max_contexts,
-        stack_size: args.context_stack_size,
-        shadow_stack_size: args.shadow_stack_size,
+        max_contexts: args.max_contexts as usize,
+        stack_size: args.context_stack_size as usize,
+        shadow_stack_size: args.shadow_stack_size as usize,
         ..ContextConfig::default()
     });
     let mut guest_args = args.args;
@@ -173,6 +192,11 @@ fn serve(args: ServeArgs) -> i32 {
     config.per_request_instance = args.per_request_instance;
     config.trace = args.trace;
     config.access_log = !args.quiet;
-    config.contexts.max_contexts = args.max_contexts;
+    config.contexts.max_contexts = args.max_contexts as usize;
+    args.limits.apply(&mut config.limits);
+    config.metrics_addr = args.metrics_addr;
+    config.trace_context = args.trace_context;
+    config.reuse_port = args.reuse_port;
+    config.otlp_endpoint = args.otlp_endpoint;
     weft_cli::serve::serve(config)
 }

@@ -47,6 +47,10 @@ pub fn serve(config: ServeConfig) -> i32 {
         "weft serve: listening on http://{}",
         server.local_addr()
     );
+    if let Some(metrics) = server.metrics_addr() {
+        // After the listening line, which scripts read first.
+        let _ = writeln!(stdout, "weft serve: metrics on http://{metrics}/metrics");
+    }
     let _ = stdout.flush();
     let shutdown = server.shutdown_handle();
     std::thread::spawn(move || {
@@ -62,6 +66,14 @@ pub fn serve(config: ServeConfig) -> i32 {
         shutdown.shutdown();
     });
     match server.wait() {
+        Ok(report) if !report.killed.is_empty() => {
+            eprintln!(
+                "weft serve: the shutdown deadline passed with {} requests still live; killed: {}",
+                report.killed.len(),
+                report.killed.join(", ")
+            );
+            1
+        }
         Ok(report) => {
             eprintln!(
                 "weft serve: drained, {} requests served ({} refused, {} failed, {} stragglers)",

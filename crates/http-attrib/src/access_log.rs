@@ -10,6 +10,11 @@
 //! `dur_ms` runs from arrival to response, `post_response_ms` from response
 //! to the end of the last work for the request. Values with spaces, quotes,
 //! `=` or control characters are quoted with backslash escapes.
+//!
+//! A server that propagates W3C Trace Context appends the request's span:
+//! `trace_id=<32 hex> parent=<16 hex, or - when the trace began here>
+//! span=<16 hex>`, so a request's line in one server's log is found from
+//! another's by `parent` = `span`.
 
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +35,20 @@ pub struct AccessLogLine<'a> {
     pub path: &'a str,
     /// The status sent; `None` when no response went out.
     pub status: Option<u16>,
+    /// The request's span in a distributed trace, when the server keeps one.
+    pub trace: Option<TraceFields<'a>>,
+}
+
+/// Where a request sits in a distributed trace (W3C Trace Context ids, in
+/// lowercase hex as they travel in `traceparent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceFields<'a> {
+    /// The trace the request belongs to (32 hex digits).
+    pub trace_id: &'a str,
+    /// The caller's span (16 hex digits); `None` when the trace began here.
+    pub parent: Option<&'a str>,
+    /// The request's own span (16 hex digits), the parent of its outgoing calls.
+    pub span: &'a str,
 }
 
 impl fmt::Display for AccessLogLine<'_> {
@@ -58,11 +77,20 @@ impl fmt::Display for AccessLogLine<'_> {
             s.post_response_time().as_secs_f64() * 1e3,
         )?;
         match s.outcome {
-            Outcome::Completed => f.write_str("completed"),
-            Outcome::Drained { stragglers } => write!(f, "drained stragglers={stragglers}"),
-            Outcome::NoResponse => f.write_str("no_response"),
-            Outcome::Failed => f.write_str("failed"),
+            Outcome::Completed => f.write_str("completed")?,
+            Outcome::Drained { stragglers } => write!(f, "drained stragglers={stragglers}")?,
+            Outcome::NoResponse => f.write_str("no_response")?,
+            Outcome::Failed => f.write_str("failed")?,
         }
+        if let Some(trace) = &self.trace {
+            f.write_str(" trace_id=")?;
+            write_value(f, trace.trace_id)?;
+            f.write_str(" parent=")?;
+            write_value(f, trace.parent.unwrap_or("-"))?;
+            f.write_str(" span=")?;
+            write_value(f, trace.span)?;
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +187,7 @@ mod tests {
             method: "GET",
             path: "/users/7",
             status: Some(200),
+            trace: None,
         };
         assert_eq!(
             line.to_string(),
@@ -177,6 +206,7 @@ mod tests {
             method: "",
             path: "/a b?q=\"1\"\\\n",
             status: None,
+            trace: None,
         }
         .to_string();
         assert!(line.starts_with("1970-01-01T00:00:00.000Z "), "{line}");
@@ -185,5 +215,35 @@ mod tests {
         assert!(line.contains(" status=- "), "{line}");
         assert!(line.ends_with(" outcome=drained stragglers=3"), "{line}");
         assert_eq!(line.lines().count(), 1, "one line, whatever the path holds");
+    }
+
+    #[test]
+    fn trace_fields_come_last_and_a_root_span_has_no_parent() {
+        let s = summary(Outcome::Completed);
+        let line = |parent| {
+            AccessLogLine {
+                finished_at: UNIX_EPOCH,
+                summary: &s,
+                header_id: "x",
+                method: "GET",
+                path: "/",
+                status: Some(200),
+                trace: Some(TraceFields {
+                    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                    parent,
+                    span: "00f067aa0ba902b7",
+                }),
+            }
+            .to_string()
+        };
+        assert!(
+            line(Some("b7ad6b7169203331")).ends_with(
+                " outcome=completed trace_id=4bf92f3577b34da6a3ce929d0e0e4736 \
+                 parent=b7ad6b7169203331 span=00f067aa0ba902b7"
+            ),
+            "{}",
+            line(None)
+        );
+        assert!(line(None).contains(" parent=- span="), "{}", line(None));
     }
 }

@@ -8,7 +8,7 @@ mod ids;
 mod registry;
 mod trace;
 
-pub use access_log::AccessLogLine;
+pub use access_log::{AccessLogLine, TraceFields};
 pub use attribution::{AttribError, Attribution, MAX_OVERRIDE_DEPTH, Outgoing, SharedRegistry};
 pub use component::{CallerStack, ComponentAttribution, Started};
 pub use green::{ActiveContext, ContextExit, ContextId, GreenAttribution};

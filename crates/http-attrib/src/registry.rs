@@ -342,6 +342,21 @@ impl Registry {
         self.instances.len()
     }
 
+    /// Live instances that take no new requests (retiring or trapped), waiting
+    /// for their last request to finish.
+    pub fn retiring_instance_count(&self) -> usize {
+        self.instances
+            .values()
+            .filter(|r| r.state != InstanceState::Active)
+            .count()
+    }
+
+    /// Requests started on an instance and not yet answered (post-response
+    /// work and queued requests not counted).
+    pub fn in_flight(&self) -> usize {
+        self.instances.values().map(|r| r.in_flight).sum()
+    }
+
     /// Admits an incoming request, given the `weft-request-id` headers it
     /// carries (any number: a proxy may have added its own), into the queue.
     /// Call [`Registry::next_action`] afterwards.
@@ -1093,5 +1108,25 @@ mod tests {
         reg.retire(only).unwrap();
         assert_eq!(settle(&mut reg, now), [Action::DropInstance(only)]);
         assert!(reg.is_drained());
+    }
+
+    #[test]
+    fn in_flight_and_retiring_counts_follow_the_lifecycle() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_instances: 1,
+            ..small()
+        });
+        let a = reg.submit([], now).unwrap();
+        let b = reg.submit([], now).unwrap();
+        let _queued = reg.submit([], now).unwrap();
+        settle(&mut reg, now);
+        assert_eq!((reg.in_flight(), reg.queue_len()), (2, 1));
+        assert_eq!(reg.retiring_instance_count(), 0);
+        reg.response_sent(a, now).unwrap();
+        assert_eq!(reg.in_flight(), 1, "post-response work is not in flight");
+        let instance = reg.instance_of(b).unwrap();
+        reg.retire(instance).unwrap();
+        assert_eq!(reg.retiring_instance_count(), 1);
     }
 }

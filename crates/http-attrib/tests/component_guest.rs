@@ -1031,6 +1031,7 @@ fn a_server_loop_spreads_reuses_and_retires_instances_and_attributes_every_call(
                 method: "GET",
                 path: "/",
                 status: Some(200),
+                trace: None,
             };
             log.push(line.to_string());
         }

@@ -1,5 +1,7 @@
 //! `cargo xtask bench sched`: weft-sched and tokio's multi-thread runtime (same worker count)
-//! side by side in one process, printing `bench sched.<metric> weft=... tokio=... ratio=...`.
+//! side by side in one process, printing
+//! `bench sched.<metric> weft=<median> tokio=<median> ratio=<weft/tokio> weft_min=.. weft_max=..
+//! tokio_min=.. tokio_max=..` (one line per metric).
 //!
 //! How each side is set up (everything timed runs inside the runtime, on a task/green thread):
 //! - spawn_join_ns: one task spawns a trivial task and joins it, N times in a row.
@@ -7,29 +9,125 @@
 //! - chained_spawn_ns: each task spawns the next (detached) N deep; the last signals a channel
 //!   the main thread waits on; nanoseconds per link.
 //! - timer_late_us: one task sleeps 1.0, 1.1, ... 1.9 ms in turn; lateness = observed minus
-//!   requested duration; median over all sleeps of all runs.
+//!   requested duration; one figure per run (the median over its sleeps).
 //! - sleepers_10k: 10,000 tasks each sleep 1 s at the same time; wall time from the first spawn
 //!   to the last join, and the process CPU time (user + system, all threads) over that span.
 //!   A first, cold run per side is printed on a comment line and not counted.
 //!
-//! Each figure is the median of several runs.
+//! Runs of the two sides alternate (weft, tokio, weft, ...) after one warm-up run each, so a
+//! neighbour's load on a shared machine hits both sides alike; the median, min and max are over
+//! those runs. The header lines say what the figures were measured on: CPU model and count, the
+//! cpufreq governor, `RUST_BACKTRACE`, and thread placement (neither runtime pins its workers;
+//! the header prints the CPUs the process may run on).
 
 use std::hint::black_box;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 5;
+/// Runs per side of the short benchmarks (each takes a few milliseconds).
+const RUNS: usize = 15;
+/// Runs per side of the 10,000-sleeper benchmark (each takes a second).
+const SLEEPER_RUNS: usize = 5;
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    samples[samples.len() / 2]
+/// The median, min and max of one side's runs.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
 }
 
-fn line(metric: &str, weft: f64, tokio: f64, precision: usize) {
+impl Stats {
+    fn of(mut samples: Vec<f64>) -> Stats {
+        assert!(!samples.is_empty());
+        samples.sort_by(|a, b| a.total_cmp(b));
+        Stats {
+            median: samples[samples.len() / 2],
+            min: samples[0],
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+fn line(metric: &str, weft: Vec<f64>, tokio: Vec<f64>, precision: usize) {
+    let (w, t) = (Stats::of(weft), Stats::of(tokio));
     println!(
-        "bench sched.{metric} weft={weft:.precision$} tokio={tokio:.precision$} ratio={:.2}",
-        weft / tokio
+        "bench sched.{metric} weft={:.precision$} tokio={:.precision$} ratio={:.2} \
+         weft_min={:.precision$} weft_max={:.precision$} tokio_min={:.precision$} tokio_max={:.precision$}",
+        w.median,
+        t.median,
+        w.median / t.median,
+        w.min,
+        w.max,
+        t.min,
+        t.max,
     );
+}
+
+/// What the figures were measured on, as `#` comment lines.
+fn print_environment(workers: usize) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim())
+        })
+        .unwrap_or("unknown");
+    let online = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let logical = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    println!(
+        "# cpu: {model}; {logical} logical CPUs in /proc/cpuinfo, {online} available to this process"
+    );
+    let governor = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor");
+    match governor {
+        Ok(g) => println!("# cpufreq governor: {}", g.trim()),
+        Err(_) => println!("# cpufreq governor: not visible"),
+    }
+    match std::env::var("RUST_BACKTRACE") {
+        Ok(v) => println!("# RUST_BACKTRACE={v}"),
+        Err(_) => println!("# RUST_BACKTRACE not set"),
+    }
+    println!(
+        "# placement: neither runtime pins its threads ({workers} workers each side, scheduled by \
+         the OS on CPUs {})",
+        allowed_cpus()
+    );
+}
+
+/// The CPUs this process may run on, e.g. `0-1`, from its affinity mask.
+fn allowed_cpus() -> String {
+    let mut set = std::mem::MaybeUninit::<libc::cpu_set_t>::zeroed();
+    // SAFETY: the pointer is to a live, zero-initialised `cpu_set_t` of the size passed;
+    // sched_getaffinity only writes within it, and an all-zero `cpu_set_t` is valid.
+    let set = unsafe {
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), set.as_mut_ptr()) != 0 {
+            return "unknown".to_string();
+        }
+        set.assume_init()
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the size of the set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    let mut ranges: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        ranges.push(if cpus[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    ranges.join(",")
 }
 
 fn process_cpu_seconds() -> f64 {
@@ -43,6 +141,24 @@ fn process_cpu_seconds() -> f64 {
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// One warm-up run of each side, then `runs` alternating runs of each; returns every side's
+/// figures.
+fn alternate(
+    runs: usize,
+    mut run_weft: impl FnMut() -> f64,
+    mut run_tokio: impl FnMut() -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    run_weft();
+    run_tokio();
+    let mut weft = Vec::with_capacity(runs);
+    let mut tokio = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        weft.push(run_weft());
+        tokio.push(run_tokio());
+    }
+    (weft, tokio)
 }
 
 struct Runtimes {
@@ -62,27 +178,33 @@ impl Runtimes {
         }
     }
 
-    /// Runs `weft_body` in a green thread and `tokio_body` in a tokio task, each `RUNS` times
-    /// (after a warm-up), returning the medians of what they return.
+    /// Runs `weft_body` in a green thread and `tokio_body` in a tokio task, alternating (see
+    /// `alternate`), returning what every run returned.
     fn compare<Fut>(
         &self,
         weft_body: impl FnOnce() -> f64 + Send + Clone + 'static,
         tokio_body: impl Fn() -> Fut,
-    ) -> (f64, f64)
+    ) -> (Vec<f64>, Vec<f64>)
     where
         Fut: Future<Output = f64> + Send + 'static,
     {
-        let run_weft = || self.weft.spawn(weft_body.clone()).join().unwrap();
-        let run_tokio = || self.tokio.block_on(self.tokio.spawn(tokio_body())).unwrap();
-        run_weft();
-        run_tokio();
-        let mut weft = Vec::new();
-        let mut tokio = Vec::new();
-        for _ in 0..RUNS {
-            weft.push(run_weft());
-            tokio.push(run_tokio());
-        }
-        (median(weft), median(tokio))
+        self.compare_runs(RUNS, weft_body, tokio_body)
+    }
+
+    fn compare_runs<Fut>(
+        &self,
+        runs: usize,
+        weft_body: impl FnOnce() -> f64 + Send + Clone + 'static,
+        tokio_body: impl Fn() -> Fut,
+    ) -> (Vec<f64>, Vec<f64>)
+    where
+        Fut: Future<Output = f64> + Send + 'static,
+    {
+        alternate(
+            runs,
+            || self.weft.spawn(weft_body.clone()).join().unwrap(),
+            || self.tokio.block_on(self.tokio.spawn(tokio_body())).unwrap(),
+        )
     }
 }
 
@@ -176,50 +298,41 @@ fn chained_spawn(rts: &Runtimes) {
         rx.recv().unwrap();
         start.elapsed().as_nanos() as f64 / f64::from(N)
     };
-    run_weft();
-    run_tokio();
-    let mut weft = Vec::new();
-    let mut tokio = Vec::new();
-    for _ in 0..RUNS {
-        weft.push(run_weft());
-        tokio.push(run_tokio());
-    }
-    line("chained_spawn_ns", median(weft), median(tokio), 1);
+    let (weft, tokio) = alternate(RUNS, run_weft, run_tokio);
+    line("chained_spawn_ns", weft, tokio, 1);
 }
 
 fn timer_lateness(rts: &Runtimes) {
     const SLEEPS: u64 = 100;
+    /// Each run takes about 150 ms.
+    const TIMER_RUNS: usize = 7;
     fn request(i: u64) -> Duration {
         Duration::from_micros(1000 + (i % 10) * 100)
     }
-    let weft_samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let tokio_samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (ws, ts) = (weft_samples.clone(), tokio_samples.clone());
-    rts.compare(
-        move || {
-            for i in 0..SLEEPS {
+    fn median_us(mut late: Vec<Duration>) -> f64 {
+        late.sort();
+        late[late.len() / 2].as_nanos() as f64 / 1000.0
+    }
+    let (weft, tokio) = rts.compare_runs(
+        TIMER_RUNS,
+        || {
+            let late = (0..SLEEPS).map(|i| {
                 let start = Instant::now();
                 weft_sched::sleep(request(i));
-                let late = start.elapsed().saturating_sub(request(i));
-                ws.lock().unwrap().push(late.as_nanos() as f64 / 1000.0);
-            }
-            0.0
+                start.elapsed().saturating_sub(request(i))
+            });
+            median_us(late.collect())
         },
-        move || {
-            let ts = ts.clone();
-            async move {
-                for i in 0..SLEEPS {
-                    let start = Instant::now();
-                    tokio::time::sleep(request(i)).await;
-                    let late = start.elapsed().saturating_sub(request(i));
-                    ts.lock().unwrap().push(late.as_nanos() as f64 / 1000.0);
-                }
-                0.0
+        || async {
+            let mut late = Vec::new();
+            for i in 0..SLEEPS {
+                let start = Instant::now();
+                tokio::time::sleep(request(i)).await;
+                late.push(start.elapsed().saturating_sub(request(i)));
             }
+            median_us(late)
         },
     );
-    let weft = median(weft_samples.lock().unwrap().clone());
-    let tokio = median(tokio_samples.lock().unwrap().clone());
     line("timer_late_us", weft, tokio, 1);
 }
 
@@ -258,15 +371,14 @@ fn sleepers_10k(rts: &Runtimes) {
         (start.elapsed().as_secs_f64(), process_cpu_seconds() - cpu)
     };
     // The first run of each side maps 10,000 fiber stacks (weft) or grows the allocator's heap
-    // (tokio); it is reported on a comment line and left out of the medians.
+    // (tokio); it is reported on a comment line and left out of the figures.
     let (cold_weft_wall, cold_weft_cpu) = run_weft();
     let (cold_tokio_wall, cold_tokio_cpu) = run_tokio();
     println!(
         "# sleepers_10k first (cold) run: weft wall={cold_weft_wall:.3} cpu={cold_weft_cpu:.3}, tokio wall={cold_tokio_wall:.3} cpu={cold_tokio_cpu:.3}"
     );
-    let runs = 3;
     let (mut ww, mut wc, mut tw, mut tc) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..runs {
+    for _ in 0..SLEEPER_RUNS {
         let (wall, cpu) = run_weft();
         ww.push(wall);
         wc.push(cpu);
@@ -277,16 +389,8 @@ fn sleepers_10k(rts: &Runtimes) {
     println!(
         "# sleepers_10k runs: weft wall={ww:.3?} cpu={wc:.3?}, tokio wall={tw:.3?} cpu={tc:.3?}"
     );
-    println!(
-        "bench sched.sleepers_10k_wall_s weft={:.3} tokio={:.3}",
-        median(ww),
-        median(tw)
-    );
-    println!(
-        "bench sched.sleepers_10k_cpu_s weft={:.3} tokio={:.3}",
-        median(wc),
-        median(tc)
-    );
+    line("sleepers_10k_wall_s", ww, tw, 3);
+    line("sleepers_10k_cpu_s", wc, tc, 3);
 }
 
 fn main() {
@@ -297,7 +401,11 @@ fn main() {
         .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("# sched bench: {workers} workers on each side, {RUNS} runs, medians");
+    println!(
+        "# sched bench: {workers} workers on each side; {RUNS} runs per side ({SLEEPER_RUNS} for the \
+         sleepers), alternating; median, min, max"
+    );
+    print_environment(workers);
     let rts = Runtimes::new(workers);
     if wanted("spawn_join") {
         spawn_join(&rts);

@@ -147,6 +147,31 @@ impl Task {
         }
     }
 
+    /// `wake_task` for a caller that gives up its reference: that reference is what gets
+    /// queued, saving a reference-count increment and decrement.
+    pub(crate) fn wake_task_owned(self: Arc<Self>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let next = match state {
+                IDLE => SCHEDULED,
+                RUNNING => NOTIFIED,
+                _ => return,
+            };
+            match self
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if next == SCHEDULED {
+                        Shared::schedule_owned(self);
+                    }
+                    return;
+                }
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
     pub(crate) fn unpark(self: &Arc<Self>) {
         self.unpark_token.store(true, Ordering::Release);
         self.wake_task();
@@ -159,7 +184,7 @@ impl Task {
 
 impl Wake for Task {
     fn wake(self: Arc<Self>) {
-        self.wake_task();
+        self.wake_task_owned();
     }
     fn wake_by_ref(self: &Arc<Self>) {
         self.wake_task();
@@ -313,7 +338,12 @@ pub(crate) fn current_task_waker_ref() -> Option<ManuallyDrop<Waker>> {
     Some(ManuallyDrop::new(Waker::from(borrowed)))
 }
 
-/// Builds a task and its join handle. The task starts IDLE; the caller schedules it.
+/// Builds a task and its join handle. The task starts SCHEDULED, as if already woken: the caller
+/// queues the returned reference (or drops it to cancel the task).
+// Inlined into `Shared::spawn`, so the stack, the task and the handle are not passed through
+// memory between calls right after being written (a wide load of fields just written by
+// narrower stores cannot be forwarded from the store buffer and stalls).
+#[inline(always)]
 pub(crate) fn new_task<F, T>(
     shared: &Arc<Shared>,
     id: u64,
@@ -345,7 +375,7 @@ where
         }
     });
     let task = Arc::new(Task {
-        state: AtomicU8::new(IDLE),
+        state: AtomicU8::new(SCHEDULED),
         unpark_token: AtomicBool::new(false),
         id,
         shared: shared.clone(),

@@ -208,6 +208,12 @@ pub(crate) struct Timers {
     coalesce_ns: u64,
     /// When timers last fired (ns since base).
     last_fired: AtomicU64,
+    /// Set by `drain` (shutdown): from then on a timer that left the heap did not necessarily
+    /// fire.
+    drained: AtomicBool,
+    /// Every timer in the heap with a deadline at or before this has fired (the largest `now`
+    /// of a firing pass; written under the heap lock).
+    fired_through: AtomicU64,
 }
 
 impl Timers {
@@ -219,6 +225,8 @@ impl Timers {
             driver_parked: AtomicBool::new(false),
             coalesce_ns: coalesce.as_nanos().min(u64::MAX as u128) as u64,
             last_fired: AtomicU64::new(0),
+            drained: AtomicBool::new(false),
+            fired_through: AtomicU64::new(0),
         }
     }
 
@@ -239,9 +247,14 @@ impl Timers {
         self.heap.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Called with the heap locked. `earliest` is written only under that lock, so a relaxed
+    /// load here reads its latest value; an unchanged earliest deadline (most inserts, most
+    /// cancellations) is not stored again, saving a fenced store.
     fn publish_earliest(&self, heap: &TimerHeap) {
-        self.earliest
-            .store(heap.earliest().unwrap_or(NO_DEADLINE), Ordering::SeqCst);
+        let earliest = heap.earliest().unwrap_or(NO_DEADLINE);
+        if self.earliest.load(Ordering::Relaxed) != earliest {
+            self.earliest.store(earliest, Ordering::SeqCst);
+        }
     }
 
     /// The deadline a parking worker should wake up at: the earliest timer, but no sooner than
@@ -297,13 +310,24 @@ impl Timers {
         self.lock().len()
     }
 
-    /// Inserts a timer; returns its key and whether it became the earliest one.
-    fn insert(&self, deadline: u64, waker: Waker) -> (TimerKey, bool) {
+    /// Inserts a timer; returns its key, whether it became the earliest one, and whether
+    /// `fired_through` can tell when it fired (see `has_fired`).
+    fn insert(&self, deadline: u64, waker: Waker) -> (TimerKey, bool, bool) {
         let mut heap = self.lock();
         let key = heap.insert(deadline, waker);
         let is_earliest = heap.earliest() == Some(deadline);
         self.publish_earliest(&heap);
-        (key, is_earliest)
+        let trackable = self.fired_through.load(Ordering::Relaxed) < deadline;
+        (key, is_earliest, trackable)
+    }
+
+    /// True if a timer inserted as `trackable` has left the heap by firing. `fired_through`
+    /// only grows, and it was below the deadline when the timer was inserted, so a value at or
+    /// past the deadline was stored by a firing pass that came after the insertion, and that
+    /// pass popped every timer due by then. Lock-free, so the timer's task does not contend
+    /// with the worker still firing the rest of a burst.
+    fn has_fired(&self, deadline: u64) -> bool {
+        deadline <= self.fired_through.load(Ordering::Acquire)
     }
 
     fn update_waker(&self, key: TimerKey, waker: &Waker) -> bool {
@@ -336,6 +360,11 @@ impl Timers {
             let mut heap = self.lock();
             heap.pop_expired(now, &mut due);
             self.publish_earliest(&heap);
+            // Under the lock, so the value only grows (two passes may read the clock in one
+            // order and take the lock in the other); Release pairs with `has_fired`.
+            if now > self.fired_through.load(Ordering::Relaxed) {
+                self.fired_through.store(now, Ordering::Release);
+            }
         }
         let fired = due.len();
         if fired > 0 {
@@ -348,6 +377,7 @@ impl Timers {
     }
 
     pub(crate) fn drain(&self) -> Vec<Waker> {
+        self.drained.store(true, Ordering::SeqCst);
         let mut all = Vec::new();
         let mut heap = self.lock();
         heap.drain(&mut all);
@@ -359,11 +389,88 @@ impl Timers {
 /// A future that completes at a deadline; dropping it cancels the timer.
 ///
 /// Inside a green thread, prefer the blocking [`sleep`](crate::sleep); this type is for async code
-/// driven by [`block_on`](crate::block_on) (and is what `sleep` uses underneath).
+/// driven by [`block_on`](crate::block_on) (and shares its timer logic with `sleep`).
 pub struct Sleep {
     shared: Arc<Shared>,
+    timer: TimerState,
+}
+
+/// A sleep's deadline and its pending timer: what `Sleep` keeps besides its runtime, so the
+/// blocking `sleep` can borrow the runtime from its green thread's task instead of holding a
+/// reference count on it (a counter shared by every worker).
+struct TimerState {
     deadline: u64,
     key: Option<TimerKey>,
+    /// `Timers::has_fired` applies to the pending timer.
+    trackable: bool,
+    /// The creator just read the clock and saw the deadline ahead (the blocking `sleep`), so
+    /// the first poll goes straight to inserting the timer. A deadline that passes in between
+    /// only makes the timer fire at the next check: never early.
+    known_pending: bool,
+}
+
+impl TimerState {
+    fn poll(&mut self, shared: &Shared, cx: &mut Context<'_>) -> Poll<()> {
+        let timers = &shared.timers;
+        if self.key.is_some() && self.trackable && timers.has_fired(self.deadline) {
+            self.key = None;
+            return Poll::Ready(());
+        }
+        if let Some(key) = self.key {
+            // Timers leave the heap only when they fire (their deadline has passed), are
+            // cancelled (which clears `key`) or are drained at shutdown: a timer gone from the
+            // heap before shutdown means the sleep is over, with no need to read the clock.
+            if timers.update_waker(key, cx.waker()) {
+                if timers.now() < self.deadline {
+                    return Poll::Pending;
+                }
+                timers.cancel(key);
+                self.key = None;
+                return Poll::Ready(());
+            }
+            self.key = None;
+            if !timers.drained.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+        }
+        if !std::mem::take(&mut self.known_pending) && timers.now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        let (key, is_earliest, trackable) = timers.insert(self.deadline, cx.waker().clone());
+        self.key = Some(key);
+        self.trackable = trackable;
+        if is_earliest {
+            shared.timer_moved_earlier();
+        }
+        Poll::Pending
+    }
+
+    fn cancel(&mut self, shared: &Shared) {
+        if let Some(key) = self.key.take() {
+            shared.timers.cancel(key);
+        }
+    }
+}
+
+/// The blocking `sleep`'s future inside a green thread, borrowing the task's runtime.
+struct TaskSleep<'a> {
+    shared: &'a Shared,
+    timer: TimerState,
+}
+
+impl Future for TaskSleep<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.timer.poll(this.shared, cx)
+    }
+}
+
+impl Drop for TaskSleep<'_> {
+    fn drop(&mut self) {
+        self.timer.cancel(self.shared);
+    }
 }
 
 impl Sleep {
@@ -389,27 +496,29 @@ impl Sleep {
         let deadline = shared.timers.to_ticks(deadline);
         Sleep {
             shared,
-            deadline,
-            key: None,
+            timer: TimerState {
+                deadline,
+                key: None,
+                trackable: false,
+                known_pending: false,
+            },
         }
     }
 
     /// The instant this sleep completes at.
     pub fn deadline(&self) -> Instant {
-        self.shared.timers.base() + Duration::from_nanos(self.deadline)
+        self.shared.timers.base() + Duration::from_nanos(self.timer.deadline)
     }
 
     /// True once the deadline has passed.
     pub fn is_elapsed(&self) -> bool {
-        self.shared.timers.now() >= self.deadline
+        self.shared.timers.now() >= self.timer.deadline
     }
 
     /// Moves the deadline (the pending timer, if any, is cancelled).
     pub fn reset(&mut self, deadline: Instant) {
-        if let Some(key) = self.key.take() {
-            self.shared.timers.cancel(key);
-        }
-        self.deadline = self.shared.timers.to_ticks(deadline);
+        self.timer.cancel(&self.shared);
+        self.timer.deadline = self.shared.timers.to_ticks(deadline);
     }
 }
 
@@ -425,32 +534,13 @@ impl Future for Sleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let timers = &this.shared.timers;
-        if timers.now() >= this.deadline {
-            if let Some(key) = this.key.take() {
-                timers.cancel(key);
-            }
-            return Poll::Ready(());
-        }
-        if let Some(key) = this.key
-            && timers.update_waker(key, cx.waker())
-        {
-            return Poll::Pending;
-        }
-        let (key, is_earliest) = timers.insert(this.deadline, cx.waker().clone());
-        this.key = Some(key);
-        if is_earliest {
-            this.shared.timer_moved_earlier();
-        }
-        Poll::Pending
+        this.timer.poll(&this.shared, cx)
     }
 }
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.shared.timers.cancel(key);
-        }
+        self.timer.cancel(&self.shared);
     }
 }
 
@@ -465,7 +555,11 @@ impl std::fmt::Debug for Sleep {
 /// Blocks the calling green thread for at least `duration` (other green threads keep running).
 /// Outside a runtime this is `std::thread::sleep`.
 pub fn sleep(duration: Duration) {
-    sleep_until(instant_after(duration));
+    if duration.is_zero() {
+        return;
+    }
+    // One clock read per sleep: 10,000 green threads going to sleep read it 10,000 times.
+    block_until(instant_after(duration));
 }
 
 /// Blocks the calling green thread until `deadline`. Outside a runtime this blocks the OS thread.
@@ -473,8 +567,33 @@ pub fn sleep_until(deadline: Instant) {
     if Instant::now() >= deadline {
         return;
     }
+    block_until(deadline);
+}
+
+/// Sleeps until `deadline`, which the caller just saw ahead of the clock.
+fn block_until(deadline: Instant) {
+    let task = crate::context::current_task();
+    if !task.is_null() {
+        // SAFETY: a non-null current task is the task whose fiber runs this code; the worker
+        // that resumed it holds an `Arc<Task>`. The task's runtime outlives this frame, though
+        // the fiber may move between threads and the task may be dropped while it sleeps: a
+        // task drops (unwinding) its fiber before its own fields, its `shared` included, and
+        // the fiber's last frame has returned before the task is marked complete.
+        let shared: &Shared = unsafe { (*task).shared() };
+        let timer = TimerState {
+            deadline: shared.timers.to_ticks(deadline),
+            key: None,
+            trackable: false,
+            known_pending: true,
+        };
+        return crate::block_on(TaskSleep { shared, timer });
+    }
     match crate::context::current_shared() {
-        Some(shared) => crate::block_on(Sleep::on(shared, deadline)),
+        Some(shared) => {
+            let mut sleep = Sleep::on(shared, deadline);
+            sleep.timer.known_pending = true;
+            crate::block_on(sleep)
+        }
         None => std::thread::sleep(deadline.saturating_duration_since(Instant::now())),
     }
 }
@@ -598,7 +717,7 @@ mod loom_tests {
                 let (timers, kicked) = (timers.clone(), kicked.clone());
                 thread::spawn(move || {
                     // What `Sleep::poll` and `Shared::timer_moved_earlier` do.
-                    let (_, is_earliest) = timers.insert(1_000_000_000, Waker::noop().clone());
+                    let (_, is_earliest, _) = timers.insert(1_000_000_000, Waker::noop().clone());
                     if is_earliest && timers.driver_needs_kick() {
                         kicked.store(true, Ordering::Release);
                     }

@@ -10,6 +10,57 @@ use weft_wasix_context::ContextConfig;
 /// Largest request body the server reads (beyond it: `413`).
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
+/// What a guest and a client may make the host hold or wait for: every resource either of
+/// them controls is bounded here (`docs/SECURITY.md` lists each limit and what happens at it).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Response body bytes a guest may buffer per request (`response_write` beyond it:
+    /// `EMSGSIZE`).
+    pub max_response_body: usize,
+    /// Response headers per request (`response_header` beyond it: `EMSGSIZE`).
+    pub max_response_headers: usize,
+    /// Bytes of response header names and values per request.
+    pub max_response_header_bytes: usize,
+    /// Linear memory per instance; `memory.grow` beyond it fails (malloc returns NULL).
+    pub max_instance_memory: usize,
+    /// Linear memory of all instances together; growth beyond it fails too.
+    pub memory_budget: usize,
+    /// An instance holding more memory than this is retired once its requests finish.
+    pub retire_memory: usize,
+    /// Time a request has to answer; then `504`, and what still runs for it is killed.
+    pub request_timeout: Duration,
+    /// Time a shutdown may take; then what is left is killed and the server reports it.
+    pub shutdown_timeout: Duration,
+    /// Time a client has to send a request's head (and, between requests, the idle time of a
+    /// kept-alive connection) before the connection is closed.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its head arrived (then `408`).
+    pub body_timeout: Duration,
+    /// Open client connections in all; more are closed at once.
+    pub max_connections: usize,
+    /// Open client connections per client address; more are closed at once.
+    pub max_connections_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_response_body: 16 << 20,
+            max_response_headers: 128,
+            max_response_header_bytes: 64 << 10,
+            max_instance_memory: 256 << 20,
+            memory_budget: 4 << 30,
+            retire_memory: 128 << 20,
+            request_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_connections_per_client: 256,
+        }
+    }
+}
+
 /// What `weft serve` runs and how.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -33,6 +84,23 @@ pub struct ServeConfig {
     pub contexts: ContextConfig,
     /// Largest request body read.
     pub max_body: usize,
+    /// Bounds on what guests and clients can make the server hold or wait for.
+    pub limits: Limits,
+    /// Serve `/metrics` (Prometheus text format), `/healthz` and `/readyz` on this address,
+    /// apart from `listen` (see [`Server::metrics_addr`](crate::Server::metrics_addr)).
+    /// `None` (the default): no such listener, and no metrics are kept.
+    pub metrics_addr: Option<SocketAddr>,
+    /// W3C Trace Context: continue an incoming `traceparent` as a child span (or start a
+    /// trace), send each fetch with the request's span as its parent, and log the ids.
+    /// Off by default.
+    pub trace_context: bool,
+    /// Bind `listen` with `SO_REUSEPORT`, so several processes serve one port and the kernel
+    /// spreads connections across them. Off by default.
+    pub reuse_port: bool,
+    /// Export a span per request (and one per outgoing request) to this OpenTelemetry
+    /// collector, over OTLP/HTTP with protobuf (`http://host:port`; the path defaults to
+    /// `/v1/traces`). Implies [`trace_context`](Self::trace_context). `None` by default.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeConfig {
@@ -51,6 +119,11 @@ impl ServeConfig {
             access_log: true,
             contexts: ContextConfig::default(),
             max_body: DEFAULT_MAX_BODY,
+            limits: Limits::default(),
+            metrics_addr: None,
+            trace_context: false,
+            reuse_port: false,
+            otlp_endpoint: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct Incoming {
     pub(crate) body: Bytes,
     pub(crate) responder: Mutex<Option<Sender<Response<ResponseBody>>>>,
     pub(crate) status: Mutex<Option<u16>>,
+    /// Its span in a distributed trace (`None` unless trace context is on).
+    pub(crate) trace: Option<crate::trace_context::RequestSpan>,
 }
 
 impl Incoming {
@@ -57,6 +59,7 @@ pub(crate) struct RunSettings {
     pub(crate) drain_timeout: Duration,
     pub(crate) access_log: bool,
     pub(crate) max_body: usize,
+    pub(crate) limits: crate::config::Limits,
 }
 
 /// What all green threads of a server share.
@@ -69,8 +72,15 @@ pub(crate) struct Shared {
     pub(crate) trace: Mutex<Option<TraceWriter<BufWriter<File>>>>,
     pub(crate) open_responses: Arc<AtomicUsize>,
     pub(crate) shutting_down: AtomicBool,
+    /// When the shutdown began (its deadline counts from then).
+    pub(crate) shutdown_began: Mutex<Option<Instant>>,
     pub(crate) drained_tx: Sender<()>,
     pub(crate) served: AtomicUsize,
+    /// `None` unless a metrics address is configured.
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub(crate) trace_context: bool,
+    /// `None` unless spans are exported.
+    pub(crate) otlp: Option<Arc<crate::otlp::Otlp>>,
 }
 
 impl Shared {
@@ -133,6 +143,9 @@ impl Shared {
                     weft_sched::spawn(body);
                 }
                 Some(Err(Action::Start { request, instance })) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.request_started(instance);
+                    }
                     let incoming = self.requests.lock().unwrap().get(&request).cloned();
                     let inbox = self.instances.lock().unwrap().get(&instance).cloned();
                     match (incoming, inbox) {
@@ -145,6 +158,9 @@ impl Shared {
                     }
                 }
                 Some(Err(Action::DropInstance(instance))) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.instance_dropped(instance);
+                    }
                     if let Some(inbox) = self.instances.lock().unwrap().remove(&instance) {
                         inbox.stop();
                     }
@@ -163,7 +179,15 @@ impl Shared {
         }
         self.served.fetch_add(1, Ordering::Relaxed);
         let status = *incoming.status.lock().unwrap();
+        if let Some(metrics) = &self.metrics {
+            metrics.request_finished(summary, status);
+        }
+        if let (Some(otlp), Some(span)) = (&self.otlp, &incoming.trace) {
+            let (id, method, path) = (&incoming.header_value, &incoming.method, &incoming.path);
+            otlp.request_finished(span, summary, id, method, path, status);
+        }
         if self.settings.access_log {
+            let span = incoming.trace.as_ref().map(|span| span.hex());
             let line = AccessLogLine {
                 finished_at: SystemTime::now(),
                 summary,
@@ -171,6 +195,7 @@ impl Shared {
                 method: &incoming.method,
                 path: &incoming.path,
                 status,
+                trace: span.as_ref().map(|span| span.fields()),
             };
             eprintln!("{line}");
         }
@@ -181,12 +206,15 @@ impl Shared {
                 incoming.path,
                 status.map_or("-".to_string(), |s| s.to_string())
             );
-            let args = serde_json::json!({
+            let mut args = serde_json::json!({
                 "id": incoming.header_value,
                 "outgoing": summary.outgoing,
                 "outcome": outcome_name(&summary.outcome),
                 "post_response_ms": summary.post_response_time().as_secs_f64() * 1e3,
             });
+            if let Some(span) = &incoming.trace {
+                span.annotate(&mut args);
+            }
             let _ = trace.request_finished(summary.request, summary.finished_at, &label, args);
         }
     }
@@ -217,6 +245,24 @@ impl Shared {
         }
     }
 
+    /// At the shutdown deadline: what is still live is answered `503` if it has not been
+    /// answered and given up; returns a line for each (`r7 GET /slow`).
+    pub(crate) fn abandon_live_requests(&self) -> Vec<String> {
+        let live: Vec<Arc<Incoming>> = self.requests.lock().unwrap().values().cloned().collect();
+        let mut killed: Vec<(RequestId, String)> = live
+            .iter()
+            .map(|incoming| {
+                incoming.respond(self, plain_response(503, "the server shut down\n"));
+                (
+                    incoming.id,
+                    format!("{} {} {}", incoming.id, incoming.method, incoming.path),
+                )
+            })
+            .collect();
+        killed.sort();
+        killed.into_iter().map(|(_, line)| line).collect()
+    }
+
     fn check_drained(&self) {
         if self.shutting_down.load(Ordering::Acquire) && self.registry.lock().is_drained() {
             let _ = self.drained_tx.try_send(());
@@ -227,12 +273,13 @@ impl Shared {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
+        *self.shutdown_began.lock().unwrap() = Some(Instant::now());
         self.registry.lock().begin_shutdown();
         self.pump();
     }
 }
 
-fn outcome_name(outcome: &Outcome) -> &'static str {
+pub(crate) fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Completed => "completed",
         Outcome::Drained { .. } => "drained",

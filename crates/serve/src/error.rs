@@ -12,6 +12,14 @@ pub enum ServeError {
     /// The guest could not be loaded: the same error `weft run` gives for the same file.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The guest is a component that cannot be served (another world, a missing import).
+    #[error("`{path}` cannot be served: {message}")]
+    Component {
+        /// The guest file.
+        path: PathBuf,
+        /// What is wrong with it, on one line.
+        message: String,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

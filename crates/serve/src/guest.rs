@@ -1,11 +1,12 @@
 //! The one interface between the server and a kind of guest. The front end and the dispatcher
 //! know requests, instances and the registry; how an instance is made and how it runs a request
-//! is the guest kind's business (today: WASIX core modules, [`crate::wasix`]).
+//! is the guest kind's business (WASIX core modules, [`crate::wasix`]; `wasi:http` components,
+//! [`crate::component`]).
 
 use std::sync::Arc;
 
 use wasmtime::Engine;
-use weft_http_attrib::InstanceId;
+use weft_http_attrib::{InstanceId, Policy};
 
 use crate::dispatch::{Incoming, Shared};
 
@@ -13,6 +14,10 @@ use crate::dispatch::{Incoming, Shared};
 pub(crate) trait GuestKind: Send + Sync + 'static {
     /// The engine the guest was compiled for (the server's ticker advances its epoch).
     fn engine(&self) -> &Engine;
+
+    /// Narrows the instance policy to what this guest can take (the flags apply to every
+    /// guest kind; some guests serve one request at a time per instance).
+    fn adjust_policy(&self, _policy: &mut Policy) {}
 
     /// Instantiates the guest once and drops it: a guest whose instantiation fails is a load
     /// error at startup, not a stream of 500s. `Err` holds wasmtime's message.

@@ -3,15 +3,23 @@
 #![warn(missing_docs)]
 
 mod body;
+mod component;
 mod config;
+mod connections;
 mod dispatch;
 mod error;
 mod front;
 mod guest;
+mod listen;
+mod metrics;
+mod ops;
+mod otlp;
 mod server;
+mod timeout;
+mod trace_context;
 pub mod wasix;
 
 pub use body::ResponseBody;
-pub use config::{DEFAULT_MAX_BODY, ServeConfig};
+pub use config::{DEFAULT_MAX_BODY, Limits, ServeConfig};
 pub use error::ServeError;
 pub use server::{ServeReport, Server, ShutdownHandle};

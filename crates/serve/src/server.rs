@@ -10,13 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weft_http_attrib::{Registry, SharedRegistry, Stats, TraceWriter};
-use weft_sched::{Receiver, Runtime, TcpListener};
+use weft_sched::{Receiver, Runtime};
 
 use crate::config::ServeConfig;
 use crate::dispatch::{RunSettings, Shared};
 use crate::error::ServeError;
 use crate::front::accept_loop;
 use crate::guest::GuestKind;
+use crate::metrics::Metrics;
+use crate::ops::OpsListener;
+use crate::otlp::{Endpoint, Otlp};
 use crate::wasix::WasixGuest;
 
 /// Stops a running server: it stops accepting, lets in-flight requests and their
@@ -49,6 +52,9 @@ pub struct ServeReport {
     pub served: usize,
     /// The registry's counters at the end.
     pub stats: Stats,
+    /// Requests still live when the shutdown deadline passed, given up (`r7 GET /slow`).
+    /// Empty when the drain finished in time.
+    pub killed: Vec<String>,
 }
 
 /// A running `weft serve`.
@@ -57,14 +63,21 @@ pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
     drained_rx: Receiver<()>,
+    /// `/metrics`, `/healthz`, `/readyz`; stops when the server is dropped.
+    ops: Option<OpsListener>,
 }
 
 impl Server {
     /// Loads the guest (refusing it with a clear [`ServeError`] if it cannot serve), binds,
     /// and starts serving on a new weft-sched runtime.
     pub fn start(config: ServeConfig) -> Result<Server, ServeError> {
-        let guest: Arc<dyn GuestKind> = Arc::new(WasixGuest::load(&config)?);
-        let policy = config.effective_policy();
+        let guest: Arc<dyn GuestKind> = if crate::component::is_component(&config.wasm) {
+            Arc::new(crate::component::ComponentGuest::load(&config)?)
+        } else {
+            Arc::new(WasixGuest::load(&config)?)
+        };
+        let mut policy = config.effective_policy();
+        guest.adjust_policy(&mut policy);
         let drain_timeout = policy.drain_timeout;
         let registry = Registry::new(policy, Registry::random_server_tag())?;
         let trace = match &config.trace {
@@ -88,13 +101,26 @@ impl Server {
             .map_err(|e| ServeError::setup(format!("cannot start the scheduler: {e}")))?;
 
         let (drained_tx, drained_rx) = weft_sched::channel(1);
+        let otlp = match &config.otlp_endpoint {
+            Some(url) => {
+                let endpoint = Endpoint::parse(url)
+                    .map_err(|e| ServeError::setup(format!("--otlp-endpoint: {e}")))?;
+                let otlp = Otlp::start(endpoint).map_err(|e| {
+                    ServeError::setup(format!("cannot start the span exporter: {e}"))
+                })?;
+                Some(Arc::new(otlp))
+            }
+            None => None,
+        };
+        let registry = SharedRegistry::new(registry);
         let shared = Arc::new(Shared {
-            registry: SharedRegistry::new(registry),
+            registry: registry.clone(),
             settings: RunSettings {
                 cpu_budget: config.cpu_budget,
                 drain_timeout,
                 access_log: config.access_log,
                 max_body: config.max_body,
+                limits: config.limits.clone(),
             },
             guest,
             instances: Mutex::new(HashMap::new()),
@@ -102,8 +128,13 @@ impl Server {
             trace: Mutex::new(trace),
             open_responses: Arc::new(AtomicUsize::new(0)),
             shutting_down: AtomicBool::new(false),
+            shutdown_began: Mutex::new(None),
             drained_tx,
             served: AtomicUsize::new(0),
+            metrics: config.metrics_addr.map(|_| Metrics::new(registry.clone())),
+            // Exported spans need ids, and are only worth having when they join up.
+            trace_context: config.trace_context || otlp.is_some(),
+            otlp,
         });
 
         let probe = shared.clone();
@@ -121,12 +152,24 @@ impl Server {
             addr: listen,
             source,
         };
+        let reuse_port = config.reuse_port;
         let listener = runtime
-            .spawn(move || TcpListener::bind(listen))
+            .spawn(move || crate::listen::bind(listen, reuse_port))
             .join()
             .map_err(|e| ServeError::setup(format!("{e:?}")))?
             .map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
+        let ops = match (config.metrics_addr, &shared.metrics) {
+            (Some(metrics_addr), Some(metrics)) => Some(
+                OpsListener::start(metrics_addr, shared.clone(), metrics.clone()).map_err(
+                    |source| ServeError::Listen {
+                        addr: metrics_addr,
+                        source,
+                    },
+                )?,
+            ),
+            _ => None,
+        };
         let accept_shared = shared.clone();
         runtime.spawn(move || accept_loop(accept_shared, listener));
         Ok(Server {
@@ -134,12 +177,19 @@ impl Server {
             shared,
             addr,
             drained_rx,
+            ops,
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of `/metrics`, `/healthz` and `/readyz`, when
+    /// [`ServeConfig::metrics_addr`] is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(OpsListener::local_addr)
     }
 
     /// A handle that stops the server from any thread.
@@ -158,8 +208,25 @@ impl Server {
 
     /// Blocks until a [`ShutdownHandle::shutdown`] has drained the server, then finishes the
     /// trace file and stops the scheduler.
+    ///
+    /// The drain has [`Limits::shutdown_timeout`](crate::Limits::shutdown_timeout): past it,
+    /// what is still live is answered `503`, given up, and named in
+    /// [`ServeReport::killed`]; the scheduler's threads are then left to the process's exit.
     pub fn wait(self) -> std::io::Result<ServeReport> {
-        let _ = self.drained_rx.recv();
+        let timeout = self.shared.settings.limits.shutdown_timeout;
+        let mut killed = Vec::new();
+        loop {
+            if self.drained_rx.try_recv().is_ok() {
+                break;
+            }
+            let began = *self.shared.shutdown_began.lock().unwrap();
+            if began.is_some_and(|began| began.elapsed() >= timeout) {
+                killed = self.shared.abandon_live_requests();
+                break;
+            }
+            // The server's own threads do the work; this one only watches the clock.
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // Responses handed to hyper are still being written: give them a moment.
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.shared.open_responses.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -168,12 +235,26 @@ impl Server {
         let report = ServeReport {
             served: self.shared.served.load(Ordering::Relaxed),
             stats: self.stats(),
+            killed,
         };
         if let Some(trace) = self.shared.trace.lock().unwrap().take() {
             let mut out = trace.finish()?;
             out.flush()?;
         }
-        drop(self.runtime);
+        if let Some(otlp) = &self.shared.otlp {
+            otlp.shutdown();
+            let dropped = otlp.dropped();
+            if dropped > 0 {
+                eprintln!("weft serve: {dropped} spans were dropped: the export queue was full");
+            }
+        }
+        if report.killed.is_empty() {
+            drop(self.runtime);
+        } else {
+            // Some green thread may still be stuck in a guest; joining the workers could wait
+            // for it forever.
+            std::mem::forget(self.runtime);
+        }
         Ok(report)
     }
 }

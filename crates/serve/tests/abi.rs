@@ -56,7 +56,10 @@ fn header_imports(header: &str) -> BTreeMap<String, (Vec<&'static str>, Vec<&'st
             .filter(|&i| before[i..].starts_with("int"))
             .last()
             .unwrap_or(0);
-        let prototype = before[start..].split_whitespace().collect::<Vec<_>>().join(" ");
+        let prototype = before[start..]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         let prototype = prototype.as_str();
         let open = prototype.find('(').expect("a prototype has parameters");
         let close = prototype.rfind(')').expect("a prototype has parameters");
@@ -96,19 +99,18 @@ fn the_header_declares_exactly_the_imports_the_host_provides() {
         "the header must import from {IMPORT_MODULE}"
     );
     let declared = header_imports(&header);
-    let provided: BTreeMap<String, (Vec<&'static str>, Vec<&'static str>)> =
-        import_signatures()
-            .into_iter()
-            .map(|(name, ty)| {
+    let provided: BTreeMap<String, (Vec<&'static str>, Vec<&'static str>)> = import_signatures()
+        .into_iter()
+        .map(|(name, ty)| {
+            (
+                name,
                 (
-                    name,
-                    (
-                        ty.params().map(|t| wasm_name(&t)).collect(),
-                        ty.results().map(|t| wasm_name(&t)).collect(),
-                    ),
-                )
-            })
-            .collect();
+                    ty.params().map(|t| wasm_name(&t)).collect(),
+                    ty.results().map(|t| wasm_name(&t)).collect(),
+                ),
+            )
+        })
+        .collect();
     assert_eq!(provided.len(), 22, "the host provides 22 imports");
     assert_eq!(declared, provided);
 }
@@ -125,7 +127,11 @@ fn the_abi_document_lists_exactly_the_imports_the_host_provides() {
     let mut sorted = documented.clone();
     sorted.sort();
     sorted.dedup();
-    assert_eq!(sorted.len(), documented.len(), "an import is documented twice");
+    assert_eq!(
+        sorted.len(),
+        documented.len(),
+        "an import is documented twice"
+    );
     let provided: Vec<String> = import_signatures().into_iter().map(|(n, _)| n).collect();
     assert_eq!(sorted, provided);
     // Each entry states the import's signature as the linker has it.

@@ -622,7 +622,10 @@ fn guests_that_cannot_serve_are_refused_at_load() {
     assert!(unknown.to_string().contains("env.nope"), "{unknown}");
     let missing = start("missing.wat", "");
     assert!(
-        matches!(missing, ServeError::Load(LoadError::File(GuestFileError::NotWasm(_)))),
+        matches!(
+            missing,
+            ServeError::Load(LoadError::File(GuestFileError::NotWasm(_)))
+        ),
         "{missing}"
     );
 }

@@ -14,9 +14,19 @@ use std::task::{Context, Poll};
 use wasmtime::{AsContextMut, StoreContextMut};
 
 use crate::context_future::{ContextFuture, Owner};
-use crate::{
-    ContextEvent, ContextId, EntrypointReturned, GuestBinding, MAIN_CONTEXT, WasixContexts,
-};
+use crate::{ContextEvent, ContextId, GuestBinding, MAIN_CONTEXT, WasixContexts};
+
+/// How driving ended when no trap ended it. A returned entrypoint is reported as a value,
+/// not as an error: [`crate::HostContexts::resume`] expects it at the end of every request,
+/// and a `wasmtime::Error` would capture a backtrace (with `RUST_BACKTRACE` set) only to
+/// be thrown away. Guest main turns it into the [`crate::EntrypointReturned`] trap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// A context switched to main.
+    SwitchedToMain,
+    /// This context's entrypoint returned; it is terminated.
+    Returned(ContextId),
+}
 
 pub(crate) struct Driver<'a, T, G>
 where
@@ -118,7 +128,7 @@ where
     T: Send + 'static,
     G: Fn(&mut T) -> &mut WasixContexts + Copy + Unpin,
 {
-    type Output = wasmtime::Result<()>;
+    type Output = wasmtime::Result<Ended>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -134,10 +144,7 @@ where
             match poll {
                 Poll::Ready(result) => {
                     this.terminate_running();
-                    return Poll::Ready(Err(match result {
-                        Ok(()) => EntrypointReturned { id }.into(),
-                        Err(trap) => trap,
-                    }));
+                    return Poll::Ready(result.map(|()| Ended::Returned(id)));
                 }
                 Poll::Pending => {
                     let state = (this.get)(this.store.data_mut());
@@ -158,7 +165,7 @@ where
                     if target == MAIN_CONTEXT {
                         let main_sp = state.main_stack_pointer;
                         this.guest.stack_pointer.set(&mut this.store, main_sp);
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(Ended::SwitchedToMain));
                     }
                     this.enter(target);
                 }

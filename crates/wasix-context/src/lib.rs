@@ -23,7 +23,7 @@ use wasmtime::{
 
 pub use context_future::MovedState;
 use context_future::{ContextFuture, Owner};
-use driver::Driver;
+use driver::{Driver, Ended};
 pub use errno::Errno;
 use events::EventLog;
 pub use events::{ContextEvent, Entrypoint};
@@ -282,6 +282,49 @@ pub struct WasixContexts {
     home: Option<Owner>,
     /// Lifecycle events not yet taken by the embedder (empty unless recording).
     events: EventLog,
+    /// Entrypoints already type-checked.
+    entrypoints: EntrypointCache,
+}
+
+/// Identifies a function within its store: the address of its `VMFuncRef`, which the
+/// store owns and never frees or reuses while it lives. The cache that holds these keys
+/// belongs to a [`WasixContexts`] that only ever serves one store (invariant 5 of
+/// `context_future`, checked by every entry point before it looks anything up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntrypointKey(usize);
+
+impl EntrypointKey {
+    fn of<T>(store: &mut StoreContextMut<'_, T>, func: wasmtime::Func) -> Self {
+        EntrypointKey(func.to_raw(store).addr())
+    }
+}
+
+/// The last few entrypoints type-checked as `[] -> []`, most recent replacing the oldest.
+#[derive(Default)]
+struct EntrypointCache {
+    entries: Vec<(EntrypointKey, TypedFunc<(), ()>)>,
+    /// The entry the next insertion replaces once the cache is full.
+    next: usize,
+}
+
+impl EntrypointCache {
+    const CAPACITY: usize = 8;
+
+    fn get(&self, key: EntrypointKey) -> Option<TypedFunc<(), ()>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, typed)| typed.clone())
+    }
+
+    fn insert(&mut self, key: EntrypointKey, typed: TypedFunc<(), ()>) {
+        if self.entries.len() < Self::CAPACITY {
+            self.entries.push((key, typed));
+        } else {
+            self.entries[self.next] = (key, typed);
+            self.next = (self.next + 1) % Self::CAPACITY;
+        }
+    }
 }
 
 impl WasixContexts {
@@ -295,6 +338,7 @@ impl WasixContexts {
             requested_switch: None,
             home: None,
             events: EventLog::new(config.record_events, config.max_pending_events),
+            entrypoints: EntrypointCache::default(),
         }
     }
 
@@ -482,6 +526,26 @@ fn context_create<T: Send + 'static>(
     Ok(errno_result(result.map(|_| ())))
 }
 
+/// `func` as a `[] -> []` entrypoint, or `None` if it has another type.
+///
+/// `Func::typed` loads the function's type from the engine's type registry twice (a lock
+/// and reference-count traffic each time), which dominated `context_create`; guests start
+/// their contexts on a handful of functions, so the checked `TypedFunc`s are kept
+/// ([`EntrypointCache`]) and cloned.
+fn typed_entrypoint<T: Send + 'static>(
+    store: &mut StoreContextMut<'_, T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts + Copy,
+    func: wasmtime::Func,
+) -> Option<TypedFunc<(), ()>> {
+    let key = EntrypointKey::of(store, func);
+    if let Some(typed) = get(store.data_mut()).entrypoints.get(key) {
+        return Some(typed);
+    }
+    let typed = func.typed::<(), ()>(&*store).ok()?;
+    get(store.data_mut()).entrypoints.insert(key, typed.clone());
+    Some(typed)
+}
+
 /// Creates a suspended context running the function `resolve` finds; writes its id at
 /// `new_context_ptr` when the guest asked (host calls get it returned). Records `Created`
 /// with the active context as the creator.
@@ -494,7 +558,7 @@ fn create_inner<T: Send + 'static>(
     resolve: impl FnOnce(&mut StoreContextMut<'_, T>) -> Option<wasmtime::Func>,
 ) -> Result<ContextId, Errno> {
     let func = resolve(store).ok_or(Errno::Inval)?;
-    let entrypoint = func.typed::<(), ()>(&*store).map_err(|_| Errno::Inval)?;
+    let entrypoint = typed_entrypoint(store, get, func).ok_or(Errno::Inval)?;
     if let Some(ptr) = new_context_ptr {
         let end = u64::from(ptr) + 8;
         if end > guest.memory.data_size(&*store) as u64 {
@@ -549,8 +613,10 @@ where
     };
     if from == MAIN_CONTEXT {
         // Main drives: it runs the other contexts until one switches back to it.
-        Driver::start(caller.as_context_mut(), get, to)?.await?;
-        Ok(0)
+        match Driver::start(caller.as_context_mut(), get, to)?.await? {
+            Ended::SwitchedToMain => Ok(0),
+            Ended::Returned(id) => Err(EntrypointReturned { id }.into()),
+        }
     } else {
         // A context suspends itself; the driver polling it sees the request and resumes
         // the target (saving and restoring the stack pointers).
@@ -641,7 +707,7 @@ impl<G> HostContexts<G> {
         let guest = bind_instance(&mut store, self.get, instance)?;
         let func = instance
             .get_func(&mut store, entrypoint)
-            .filter(|func| func.typed::<(), ()>(&store).is_ok())
+            .filter(|&func| typed_entrypoint(&mut store, self.get, func).is_some())
             .ok_or_else(|| HostCallError::NoSuchEntrypoint(entrypoint.to_string()))?;
         Ok(create_inner(
             &mut store,
@@ -671,12 +737,9 @@ impl<G> HostContexts<G> {
         }
         match state.table.plan_switch(id).map_err(HostCallError::from)? {
             SwitchPlan::NoOp => Err(HostCallError::Errno(Errno::Inval).into()),
-            SwitchPlan::Switch { to, .. } => match Driver::start(store, self.get, to)?.await {
-                Ok(()) => Ok(Resumed::SwitchedToMain),
-                Err(error) if error.downcast_ref::<EntrypointReturned>().is_some() => {
-                    Ok(Resumed::Returned)
-                }
-                Err(error) => Err(error),
+            SwitchPlan::Switch { to, .. } => match Driver::start(store, self.get, to)?.await? {
+                Ended::SwitchedToMain => Ok(Resumed::SwitchedToMain),
+                Ended::Returned(_) => Ok(Resumed::Returned),
             },
         }
     }

@@ -1133,3 +1133,24 @@ fn pending_events_are_bounded_and_the_excess_is_counted() {
     );
     assert_eq!(contexts.dropped_events(), 0, "reset by the drain");
 }
+
+/// Entrypoints are type-checked once per function, not once per table slot: a slot that
+/// changes function is checked again.
+#[test]
+fn a_table_slot_that_changes_function_is_checked_again() {
+    let (result, log) = run(r#"
+        (func $a)
+        (func $b)
+        (func (export "main")
+            (call $logi (call $create (i32.const 0) (i32.const 1)))
+            (table.set (i32.const 1) (ref.func $wrong_signature))
+            (call $logi (call $create (i32.const 8) (i32.const 1)))
+            (call $logi (call $create (i32.const 8) (i32.const 3)))
+            (table.set (i32.const 1) (ref.func $b))
+            (call $logi (call $create (i32.const 8) (i32.const 1)))
+            (table.set (i32.const 1) (ref.func $a))
+            (call $logi (call $create (i32.const 8) (i32.const 1))))
+    "#);
+    result.unwrap();
+    assert_eq!(log, [0, 28, 28, 0, 0]);
+}

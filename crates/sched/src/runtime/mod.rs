@@ -104,6 +104,28 @@ impl Shared {
         }
     }
 
+    /// `schedule` for a task's own reference, which is queued as is. On a worker of the task's
+    /// runtime this touches no reference count; elsewhere it takes one on the runtime for the
+    /// duration of the call.
+    pub(crate) fn schedule_owned(task: Arc<Task>) {
+        let worker = context::current_worker();
+        // SAFETY: a non-null WORKER is set by `worker_main` to its own `WorkerLocal` and cleared
+        // before that local is dropped, so it points at this thread's live worker loop, which
+        // outlives this call.
+        match unsafe { worker.as_ref() } {
+            Some(worker)
+                if ptr::eq(Arc::as_ptr(worker.shared()), Arc::as_ptr(task.shared()))
+                    && !worker.shared().shutdown.load(Ordering::Relaxed) =>
+            {
+                worker.push_lifo(task)
+            }
+            _ => {
+                let shared = task.shared().clone();
+                shared.schedule(task);
+            }
+        }
+    }
+
     pub(crate) fn spawn<F, T>(self: &Arc<Self>, body: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -131,7 +153,9 @@ impl Shared {
             drop(task);
             return Ok(handle);
         }
-        task.wake_task();
+        // The task was created SCHEDULED (nothing else can reach it to wake it yet), so its
+        // own reference goes to the queue: no compare-and-swap, no extra reference count.
+        self.schedule(task);
         Ok(handle)
     }
 

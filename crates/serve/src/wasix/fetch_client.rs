@@ -1,9 +1,6 @@
 //! The HTTP client behind the guest's `fetch`: outgoing HTTP/1.1 requests: hyper's client over weft-sched's
 //! `TcpStream`, run in a green thread of its own so only the calling context waits.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -144,24 +141,9 @@ impl FetchRequest {
             drop(driver);
             Ok(FetchResponse { status, body })
         };
-        weft_sched::block_on(with_timeout(exchange, FETCH_TIMEOUT)).unwrap_or(Err(Errno::Timedout))
+        weft_sched::block_on(crate::timeout::with_timeout(exchange, FETCH_TIMEOUT))
+            .unwrap_or(Err(Errno::Timedout))
     }
-}
-
-/// `None` if `duration` passes before `future` completes.
-pub(crate) async fn with_timeout<F: Future>(future: F, duration: Duration) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut timer = pin!(weft_sched::Sleep::new(duration));
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]
@@ -198,7 +180,13 @@ mod tests {
         assert_eq!(parse(b"GET", b"http://x/", b"bad name: v"), Some(EINVAL));
         assert_eq!(parse(b"GET", b"\xff", b""), Some(EINVAL));
         // A port that does not fit is refused, not sent to port 80.
-        assert_eq!(parse(b"GET", b"http://127.0.0.1:99999/x", b""), Some(EINVAL));
-        assert_eq!(parse(b"GET", b"http://127.0.0.1:65536/x", b""), Some(EINVAL));
+        assert_eq!(
+            parse(b"GET", b"http://127.0.0.1:99999/x", b""),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            parse(b"GET", b"http://127.0.0.1:65536/x", b""),
+            Some(EINVAL)
+        );
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! [`Scheduler`]: super::scheduler::Scheduler
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,12 +14,14 @@ use weft_http_attrib::{Attribution, InstanceId, RequestId};
 use weft_sched::{Receiver, Sender};
 use weft_wasix_context::{ContextId, ContextState, HostContexts, Resumed, WasixContexts};
 
-use super::fetch_client::{FetchResponse, with_timeout};
+use super::fetch_client::FetchResponse;
+use super::memory::InstanceMemory;
 use super::scheduler::{HandleId, Parked};
 use super::state::{HostState, InstanceHttp, contexts_of};
 use super::{HANDLER_EXPORT, WasixGuest};
-use crate::dispatch::{Incoming, Shared};
+use crate::dispatch::{Incoming, Shared, plain_response};
 use crate::guest::InstanceInbox;
+use crate::timeout::with_timeout;
 
 /// What an instance's green thread is told.
 pub(crate) enum InstanceMsg {
@@ -43,6 +46,10 @@ impl InstanceInbox for Sender<InstanceMsg> {
     }
 }
 
+/// weft-sched's ticker advances the epoch about every 10 ms: a start code that is still
+/// running at this many ticks has used about that much CPU time.
+const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub(crate) fn new_store(guest: &WasixGuest, http: Option<InstanceHttp>) -> Store<HostState> {
     let wasi = WasiCtxBuilder::new()
         .inherit_stdout()
@@ -54,34 +61,62 @@ pub(crate) fn new_store(guest: &WasixGuest, http: Option<InstanceHttp>) -> Store
             wasi,
             contexts: WasixContexts::new(guest.contexts.clone()),
             http,
+            memory: Some(InstanceMemory::new(
+                guest.memory_budget.clone(),
+                guest.max_instance_memory,
+            )),
+            init_ticks_left: None,
         },
     );
+    store.limiter(|state| {
+        state
+            .memory
+            .as_mut()
+            .expect("serving stores account their memory")
+    });
     // Every epoch tick (weft-sched's ticker) the running request's CPU budget is checked, and
     // the running context is preempted back to the instance loop (main), which runs the
     // instance's other ready contexts and takes new requests before it resumes this one
-    // behind them: a looping handler holds up neither its instance nor its worker.
+    // behind them: a looping handler holds up neither its instance nor its worker. What the
+    // context did before it spun (a `block_on`, say) makes no difference.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut context| {
-        let HostState { contexts, http, .. } = context.data_mut();
+        let HostState {
+            contexts,
+            http,
+            init_ticks_left,
+            ..
+        } = context.data_mut();
+        if let Some(left) = init_ticks_left {
+            // The instance's start code (`_initialize`, C constructors).
+            if *left == 0 {
+                return Err(wasmtime::Error::msg(
+                    "the guest's start code (`_initialize`) ran past its CPU budget",
+                ));
+            }
+            *left -= 1;
+            return Ok(UpdateDeadline::Yield(1));
+        }
         let Some(http) = http.as_mut() else {
             return Ok(UpdateDeadline::Yield(1));
         };
         if !http.cpu.in_context() {
-            // Wasm run by the host outside any context (`_initialize`): just share the worker.
             return Ok(UpdateDeadline::Yield(1));
         }
         if let Err((request, budget)) = http.cpu.check(Instant::now()) {
+            if let Some(metrics) = &http.shared.metrics {
+                metrics.cpu_budget_trapped();
+            }
             return Err(wasmtime::Error::msg(format!(
                 "request {request} exceeded its CPU budget of {} ms",
                 budget.as_millis()
             )));
         }
-        // A context between `block_on` and its switch to main is about to come back anyway
-        // (and the pending `block_on` must stay its own).
-        if !http.scheduler.blocking() {
-            let active = contexts.active();
-            if contexts.preempt_to_main() {
-                http.scheduler.preempting(active);
+        let active = contexts.active();
+        if contexts.preempt_to_main() {
+            http.scheduler.preempting(active);
+            if let Some(metrics) = &http.shared.metrics {
+                metrics.preempted();
             }
         }
         Ok(UpdateDeadline::Yield(1))
@@ -89,12 +124,23 @@ pub(crate) fn new_store(guest: &WasixGuest, http: Option<InstanceHttp>) -> Store
     store
 }
 
-async fn instantiate(guest: &WasixGuest, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
-    let instance = guest.pre.instantiate_async(&mut *store).await?;
-    if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
-        init.call_async(&mut *store, ()).await?;
+/// Instantiates the guest and runs its start code, within the CPU budget.
+async fn instantiate(
+    guest: &WasixGuest,
+    store: &mut Store<HostState>,
+) -> wasmtime::Result<Instance> {
+    let ticks = (guest.init_budget.as_millis() / TICK.as_millis()).max(1);
+    store.data_mut().init_ticks_left = Some(u64::try_from(ticks).unwrap_or(u64::MAX));
+    let result = async {
+        let instance = guest.pre.instantiate_async(&mut *store).await?;
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+            init.call_async(&mut *store, ()).await?;
+        }
+        Ok(instance)
     }
-    Ok(instance)
+    .await;
+    store.data_mut().init_ticks_left = None;
+    result
 }
 
 /// Instantiates the guest once, serving nothing: a load-time check.
@@ -127,14 +173,49 @@ pub(crate) fn run_instance(
         instance,
         host: HostContexts::new(contexts_of),
         lost_events: None,
+        retiring: false,
     };
-    let trapped = runner.serve(&inbox);
+    // A panic in host code (an import, the scheduler, a library) ends this instance as a trap
+    // would: its culprit fails, untouched siblings are requeued, the registry drops the
+    // instance. Left to unwind, it would end the green thread unseen and strand every request
+    // sent here.
+    let served = catch_unwind(AssertUnwindSafe(|| runner.serve(&inbox)));
+    let trapped = match served {
+        Ok(trapped) => trapped,
+        Err(panic) => {
+            let culprit = runner.http().cpu.running_request();
+            let culprit_text = culprit.map_or("-".to_string(), |r| r.to_string());
+            eprintln!(
+                "weft serve: instance {id} failed (request {culprit_text}): the host panicked: {}",
+                panic_message(&panic)
+            );
+            shared.instance_failed(id, culprit);
+            true
+        }
+    };
     // Contexts still suspended die here, before the store.
-    let _ = runner.host.release_all(&mut runner.store);
-    drop(runner);
+    let released = catch_unwind(AssertUnwindSafe(move || {
+        let _ = runner.host.release_all(&mut runner.store);
+        drop(runner);
+    }));
+    if let Err(panic) = released {
+        eprintln!(
+            "weft serve: instance {id}: releasing its store panicked: {}",
+            panic_message(&panic)
+        );
+    }
     if trapped {
         shared.pump();
     }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn instantiation_failed(
@@ -148,6 +229,10 @@ fn instantiation_failed(
     // not a loop); ones whose start is still on its way go back to the queue.
     while let Ok(message) = inbox.try_recv() {
         if let InstanceMsg::Start(incoming) = message {
+            incoming.respond(
+                shared,
+                plain_response(503, "no instance of the guest could be created\n"),
+            );
             shared.no_response(incoming.id);
         }
     }
@@ -160,6 +245,8 @@ struct Runner {
     instance: Instance,
     host: HostContexts<fn(&mut HostState) -> &mut WasixContexts>,
     lost_events: Option<super::state::EventsLost>,
+    /// Retired for holding too much memory (asked once).
+    retiring: bool,
 }
 
 impl Runner {
@@ -212,6 +299,7 @@ impl Runner {
                 if self.run_context(context).is_err() || self.check_lost_events().is_err() {
                     return true;
                 }
+                self.retire_if_too_big();
                 weft_sched::yield_if_needed();
                 continue;
             }
@@ -229,6 +317,29 @@ impl Runner {
                 return false;
             }
         }
+    }
+
+    /// An instance whose linear memory grew past the retirement mark takes no new requests
+    /// and is dropped once the ones it has are finished (memory never shrinks).
+    fn retire_if_too_big(&mut self) {
+        if self.retiring {
+            return;
+        }
+        let held = self.store.data().memory.as_ref().map_or(0, |m| m.held());
+        let http = self.http();
+        let (id, shared) = (http.id, http.shared.clone());
+        let limit = shared.settings.limits.retire_memory;
+        if held <= limit {
+            return;
+        }
+        self.retiring = true;
+        eprintln!(
+            "weft serve: instance {id} holds {} MiB of linear memory (over {} MiB): retired",
+            held >> 20,
+            limit >> 20
+        );
+        let _ = shared.registry.lock().retire(id);
+        shared.pump();
     }
 
     /// `false` to stop.
@@ -268,8 +379,41 @@ impl Runner {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         let expired = self.http().scheduler.fire_timers(now);
-        for request in expired {
+        for request in expired.answers {
+            self.answer_timed_out(request, now);
+        }
+        for request in expired.drains {
             self.drain(request, now);
+        }
+    }
+
+    /// `request` did not answer in time: the client gets `504`, and what still works for it
+    /// is killed and counted, as at a drain deadline.
+    fn answer_timed_out(&mut self, request: RequestId, now: Instant) {
+        let http = self.http();
+        let shared = http.shared.clone();
+        let Some(state) = http.requests.get_mut(&request) else {
+            return;
+        };
+        if state.draft.take().is_none() {
+            return; // answered meanwhile
+        }
+        state.incoming.respond(
+            &shared,
+            plain_response(504, "the request did not answer in time\n"),
+        );
+        eprintln!(
+            "weft serve: request {request} did not answer within {} ms: 504, its contexts are killed",
+            shared.settings.limits.request_timeout.as_millis()
+        );
+        let sent = shared.registry.lock().response_sent(request, now);
+        match sent {
+            Ok(Some(summary)) => {
+                self.http().forget(request);
+                shared.finish(&summary);
+            }
+            Ok(None) => self.drain(request, now),
+            Err(error) => eprintln!("weft serve: internal error: {error}"),
         }
     }
 
@@ -320,7 +464,7 @@ impl Runner {
             Ok(Resumed::SwitchedToMain) => {
                 self.sync();
                 let http = self.http();
-                if http.scheduler.parked() == Parked::Stray {
+                if http.scheduler.parked(context) == Parked::Stray {
                     eprintln!(
                         "weft serve: a context of instance {} switched to main without \
                          weft_http_v1 block_on: it is left suspended",

@@ -6,6 +6,7 @@
 mod fetch_client;
 mod imports;
 mod instance;
+mod memory;
 mod scheduler;
 mod state;
 
@@ -34,6 +35,10 @@ pub(crate) struct WasixGuest {
     engine: Engine,
     pre: InstancePre<HostState>,
     contexts: ContextConfig,
+    memory_budget: Arc<memory::MemoryBudget>,
+    max_instance_memory: usize,
+    /// CPU time an instance's start code (`_initialize`, C constructors) may use.
+    init_budget: std::time::Duration,
 }
 
 impl WasixGuest {
@@ -62,6 +67,9 @@ impl WasixGuest {
             engine,
             pre,
             contexts,
+            memory_budget: memory::MemoryBudget::new(config.limits.memory_budget),
+            max_instance_memory: config.limits.max_instance_memory,
+            init_budget: config.cpu_budget,
         })
     }
 }

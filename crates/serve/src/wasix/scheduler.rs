@@ -83,10 +83,14 @@ pub(crate) struct Scheduler {
     timers: BTreeSet<(Instant, HandleId)>,
     /// Requests whose post-response work must end by then.
     drain_deadlines: BTreeSet<(Instant, RequestId)>,
+    /// Requests that must have answered by then.
+    answer_deadlines: BTreeSet<(Instant, RequestId)>,
     /// Set by `block_on` just before the guest switches to main.
     block_request: Option<(ContextId, HandleId)>,
     /// The context an epoch tick preempted, until it is back in main.
     preempted: Option<ContextId>,
+    /// `block_on`s whose context was preempted before it switched to main.
+    interrupted_blocks: HashMap<ContextId, HandleId>,
 }
 
 impl Scheduler {
@@ -128,7 +132,11 @@ impl Scheduler {
     }
 
     /// The fetch behind `handle` finished: its waiters become ready.
-    pub(crate) fn fetch_done(&mut self, handle: HandleId, result: Result<FetchResponse, weft_wasix_context::Errno>) {
+    pub(crate) fn fetch_done(
+        &mut self,
+        handle: HandleId,
+        result: Result<FetchResponse, weft_wasix_context::Errno>,
+    ) {
         if let Some(Operation::Fetch { done }) = self.handles.get_mut(&handle) {
             *done = Some(result);
         }
@@ -164,13 +172,9 @@ impl Scheduler {
         if handle != 0 && !self.handles.contains_key(&handle) {
             return Err(ScheduleError::BadHandle);
         }
+        self.interrupted_blocks.remove(&context);
         self.block_request = Some((context, handle));
         Ok(())
-    }
-
-    /// Whether a `block_on` is pending (its context has not reached main yet).
-    pub(crate) fn blocking(&self) -> bool {
-        self.block_request.is_some()
     }
 
     /// An epoch tick asked `context` to come back to main.
@@ -178,13 +182,29 @@ impl Scheduler {
         self.preempted = Some(context);
     }
 
-    /// A context switched back to main. The host resumed some context, but the one that came
+    /// A context switched back to main after the host resumed `resumed`. The one that came
     /// back may be another (contexts switch among themselves), so what it is comes from what
     /// was recorded on the way: a preemption (queued again), a `block_on` (parked on its
     /// handle, or queued when the handle is already done), or nothing (stray).
-    pub(crate) fn parked(&mut self) -> Parked {
+    ///
+    /// A context preempted between its `block_on` and its switch to main keeps that wait: it
+    /// applies when the context, resumed later, does switch to main.
+    pub(crate) fn parked(&mut self, resumed: ContextId) -> Parked {
         let preempted = self.preempted.take();
-        let request = self.block_request.take();
+        let mut request = self.block_request.take();
+        if let Some(context) = preempted {
+            if let Some((waiter, handle)) = request
+                && waiter == context
+            {
+                self.interrupted_blocks.insert(context, handle);
+                request = None;
+            }
+        } else if request.is_none() {
+            request = self
+                .interrupted_blocks
+                .remove(&resumed)
+                .map(|handle| (resumed, handle));
+        }
         let mut parked = Parked::Stray;
         if let Some((waiter, handle)) = request {
             let done = handle == 0 || self.handles.get(&handle).is_none_or(Operation::is_done);
@@ -221,6 +241,7 @@ impl Scheduler {
 
     /// `context` is gone (destroyed): it must never be resumed from a queue.
     pub(crate) fn forget_context(&mut self, context: ContextId) {
+        self.interrupted_blocks.remove(&context);
         if self.queued.remove(&context) {
             self.ready.retain(|&c| c != context);
         }
@@ -235,9 +256,19 @@ impl Scheduler {
         self.drain_deadlines.insert((deadline, request));
     }
 
+    /// `request` must answer by `deadline`.
+    pub(crate) fn answer_by(&mut self, request: RequestId, deadline: Instant) {
+        self.answer_deadlines.insert((deadline, request));
+    }
+
+    /// `request` answered (or ended): its answer deadline is void.
+    pub(crate) fn answered(&mut self, request: RequestId) {
+        self.answer_deadlines.retain(|&(_, r)| r != request);
+    }
+
     /// Fires the timers due at `now` (their waiters become ready) and returns the requests
     /// whose drain deadline passed.
-    pub(crate) fn fire_timers(&mut self, now: Instant) -> Vec<RequestId> {
+    pub(crate) fn fire_timers(&mut self, now: Instant) -> Expired {
         while let Some(&(at, handle)) = self.timers.first() {
             if at > now {
                 break;
@@ -248,23 +279,40 @@ impl Scheduler {
             }
             self.wake(handle);
         }
-        let mut expired = Vec::new();
-        while let Some(&(at, request)) = self.drain_deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.drain_deadlines.pop_first();
-            expired.push(request);
+        Expired {
+            drains: due(&mut self.drain_deadlines, now),
+            answers: due(&mut self.answer_deadlines, now),
         }
-        expired
     }
 
     /// When the instance loop must wake up even if no message arrives.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|&(at, _)| at);
         let drain = self.drain_deadlines.first().map(|&(at, _)| at);
-        timer.into_iter().chain(drain).min()
+        let answer = self.answer_deadlines.first().map(|&(at, _)| at);
+        timer.into_iter().chain(drain).chain(answer).min()
     }
+}
+
+/// Requests whose deadlines passed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Expired {
+    /// Answered, but work for them still runs at the drain deadline.
+    pub(crate) drains: Vec<RequestId>,
+    /// Not answered by their answer deadline.
+    pub(crate) answers: Vec<RequestId>,
+}
+
+fn due(deadlines: &mut BTreeSet<(Instant, RequestId)>, now: Instant) -> Vec<RequestId> {
+    let mut due = Vec::new();
+    while let Some(&(at, request)) = deadlines.first() {
+        if at > now {
+            break;
+        }
+        deadlines.pop_first();
+        due.push(request);
+    }
+    due
 }
 
 /// Wasm run time per request, summed over all the runs of all its contexts.
@@ -301,6 +349,11 @@ impl CpuAccount {
     /// Whether wasm runs inside a request context (not `_initialize`, not idle).
     pub(crate) fn in_context(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// The request the running context works for, if any.
+    pub(crate) fn running_request(&self) -> Option<RequestId> {
+        self.running.and_then(|(request, _)| request)
     }
 
     /// At an epoch tick: `Err(request)` when the running request has used up its budget
@@ -358,8 +411,7 @@ mod tests {
         let mut s = Scheduler::default();
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         assert_eq!(s.block_on(5, h), Ok(()));
-        assert!(s.blocking());
-        assert_eq!(s.parked(), Parked::Waiting(5, h));
+        assert_eq!(s.parked(0), Parked::Waiting(5, h));
         assert_eq!(s.next_ready(), None);
         s.fetch_done(h, Ok(response()));
         assert!(s.operation(h).unwrap().is_done());
@@ -372,9 +424,9 @@ mod tests {
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         s.fetch_done(h, Err(weft_wasix_context::Errno::Connrefused));
         s.block_on(5, h).unwrap();
-        assert_eq!(s.parked(), Parked::Ready(5));
+        assert_eq!(s.parked(0), Parked::Ready(5));
         s.block_on(6, 0).unwrap();
-        assert_eq!(s.parked(), Parked::Ready(6));
+        assert_eq!(s.parked(0), Parked::Ready(6));
         assert_eq!(s.next_ready(), Some(5));
         assert_eq!(s.next_ready(), Some(6));
     }
@@ -384,18 +436,32 @@ mod tests {
         let mut s = Scheduler::default();
         assert_eq!(s.block_on(0, 0), Err(ScheduleError::Invalid));
         assert_eq!(s.block_on(1, 7), Err(ScheduleError::BadHandle));
-        assert!(!s.blocking());
     }
 
     #[test]
     fn a_switch_to_main_without_block_on_is_stray_and_a_preemption_is_ready() {
         let mut s = Scheduler::default();
-        assert_eq!(s.parked(), Parked::Stray);
+        assert_eq!(s.parked(0), Parked::Stray);
         s.preempting(2);
-        assert_eq!(s.parked(), Parked::Ready(2));
+        assert_eq!(s.parked(0), Parked::Ready(2));
         assert_eq!(s.next_ready(), Some(2));
         // Each record is used once.
-        assert_eq!(s.parked(), Parked::Stray);
+        assert_eq!(s.parked(0), Parked::Stray);
+    }
+
+    #[test]
+    fn a_context_preempted_between_block_on_and_its_switch_keeps_its_wait() {
+        let mut s = Scheduler::default();
+        let h = s.open(Operation::Fetch { done: None }).unwrap();
+        s.block_on(7, h).unwrap();
+        // It spins instead of switching to main: the tick preempts it.
+        s.preempting(7);
+        assert_eq!(s.parked(7), Parked::Ready(7));
+        assert_eq!(s.next_ready(), Some(7));
+        // Resumed, it finally switches to main: now it waits for its handle.
+        assert_eq!(s.parked(7), Parked::Waiting(7, h));
+        s.fetch_done(h, Ok(response()));
+        assert_eq!(s.next_ready(), Some(7));
     }
 
     #[test]
@@ -405,7 +471,7 @@ mod tests {
         let mut s = Scheduler::default();
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         s.block_on(4, h).unwrap();
-        assert_eq!(s.parked(), Parked::Waiting(4, h));
+        assert_eq!(s.parked(0), Parked::Waiting(4, h));
         s.fetch_done(h, Ok(response()));
         assert_eq!(s.next_ready(), Some(4));
         assert_eq!(s.next_ready(), None);
@@ -417,7 +483,7 @@ mod tests {
         let now = Instant::now();
         let h = s.sleep(now, Duration::from_secs(5)).unwrap();
         s.block_on(4, h).unwrap();
-        assert_eq!(s.parked(), Parked::Waiting(4, h));
+        assert_eq!(s.parked(0), Parked::Waiting(4, h));
         assert!(s.close(h));
         assert!(!s.close(h));
         assert_eq!(s.next_ready(), Some(4));
@@ -434,9 +500,12 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(1)));
         for (context, handle) in [(1, late), (2, early), (3, forever)] {
             s.block_on(context, handle).unwrap();
-            assert_eq!(s.parked(), Parked::Waiting(context, handle));
+            assert_eq!(s.parked(0), Parked::Waiting(context, handle));
         }
-        assert!(s.fire_timers(now + Duration::from_millis(1500)).is_empty());
+        assert_eq!(
+            s.fire_timers(now + Duration::from_millis(1500)),
+            Expired::default()
+        );
         assert_eq!(s.next_ready(), Some(2));
         assert_eq!(s.next_ready(), None);
         s.fire_timers(now + Duration::from_secs(2));
@@ -451,9 +520,32 @@ mod tests {
         let request = RequestId::from_token(7).unwrap();
         s.drain_by(request, now + Duration::from_secs(1));
         assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(1)));
-        assert!(s.fire_timers(now).is_empty());
-        assert_eq!(s.fire_timers(now + Duration::from_secs(1)), vec![request]);
-        assert!(s.fire_timers(now + Duration::from_secs(2)).is_empty());
+        assert_eq!(s.fire_timers(now), Expired::default());
+        assert_eq!(
+            s.fire_timers(now + Duration::from_secs(1)).drains,
+            vec![request]
+        );
+        assert_eq!(
+            s.fire_timers(now + Duration::from_secs(2)),
+            Expired::default()
+        );
+    }
+
+    #[test]
+    fn answer_deadlines_expire_unless_answered() {
+        let mut s = Scheduler::default();
+        let now = Instant::now();
+        let slow = RequestId::from_token(1).unwrap();
+        let quick = RequestId::from_token(2).unwrap();
+        s.answer_by(slow, now + Duration::from_secs(2));
+        s.answer_by(quick, now + Duration::from_secs(1));
+        assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(1)));
+        s.answered(quick);
+        assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(2)));
+        let expired = s.fire_timers(now + Duration::from_secs(3));
+        assert_eq!(expired.answers, vec![slow]);
+        assert!(expired.drains.is_empty());
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]
@@ -461,7 +553,7 @@ mod tests {
         let mut s = Scheduler::default();
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         s.block_on(3, h).unwrap();
-        s.parked();
+        s.parked(0);
         s.make_ready(4);
         s.forget_context(3);
         s.forget_context(4);

@@ -23,6 +23,10 @@ pub(crate) struct HostState {
     pub(crate) contexts: WasixContexts,
     /// `None` only in stores that run no request (import checks, the instantiation probe).
     pub(crate) http: Option<InstanceHttp>,
+    /// The instance's linear memory account (`None` in import checks).
+    pub(crate) memory: Option<super::memory::InstanceMemory>,
+    /// While the instance's start code runs: the epoch ticks it may still use.
+    pub(crate) init_ticks_left: Option<u64>,
 }
 
 impl HostState {
@@ -32,6 +36,8 @@ impl HostState {
             wasi: WasiCtxBuilder::new().build_p1(),
             contexts: WasixContexts::default(),
             http: None,
+            memory: None,
+            init_ticks_left: None,
         }
     }
 }
@@ -52,6 +58,8 @@ pub(crate) struct EventsLost(usize);
 pub(crate) struct Draft {
     pub(crate) status: u16,
     pub(crate) headers: http::HeaderMap,
+    /// Bytes of header names and values so far (bounded by the server's limits).
+    pub(crate) header_bytes: usize,
     pub(crate) body: Vec<u8>,
 }
 
@@ -60,6 +68,7 @@ impl Draft {
         Draft {
             status: 200,
             headers: http::HeaderMap::new(),
+            header_bytes: 0,
             body: Vec::new(),
         }
     }
@@ -85,6 +94,8 @@ pub(crate) struct InstanceHttp {
     pub(crate) handlers: HashMap<ContextId, RequestId>,
     /// Contexts whose entrypoint ended, to destroy from main.
     terminated: Vec<ContextId>,
+    /// This instance's share of the live-contexts metric.
+    live_contexts: crate::metrics::ContextGauge,
 }
 
 impl InstanceHttp {
@@ -92,6 +103,7 @@ impl InstanceHttp {
         InstanceHttp {
             attribution: GreenAttribution::new(shared.registry.clone(), id),
             cpu: CpuAccount::new(shared.settings.cpu_budget),
+            live_contexts: crate::metrics::ContextGauge::new(shared.metrics.clone()),
             shared,
             id,
             requests: HashMap::new(),
@@ -121,6 +133,8 @@ impl InstanceHttp {
         if let Err(error) = self.attribution.request_started(context, request) {
             eprintln!("weft serve: internal error: {error}");
         }
+        self.scheduler
+            .answer_by(request, now + self.shared.settings.limits.request_timeout);
         self.scheduler.make_ready(context);
         if let Some(trace) = self.shared.trace.lock().unwrap().as_mut() {
             let _ = trace.request_started(request, self.id, now);
@@ -155,6 +169,7 @@ impl InstanceHttp {
                 ContextEvent::Destroyed { id } => self.context_gone(id, now),
             }
         }
+        self.live_contexts.set(contexts.live_contexts());
         if dropped > 0 {
             return Err(EventsLost(dropped));
         }
@@ -187,6 +202,7 @@ impl InstanceHttp {
     pub(crate) fn forget(&mut self, request: RequestId) {
         self.requests.remove(&request);
         self.cpu.forget(request);
+        self.scheduler.answered(request);
     }
 
     /// Sends the response of `request` as drafted (once).
@@ -197,6 +213,7 @@ impl InstanceHttp {
         let Some(draft) = state.draft.take() else {
             return false;
         };
+        self.scheduler.answered(request);
         let mut response = Response::new(Bytes::from(draft.body));
         *response.status_mut() =
             http::StatusCode::from_u16(draft.status).unwrap_or(http::StatusCode::OK);

@@ -63,7 +63,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             with_guest(&mut caller, |memory, http, contexts| {
                 ret((|| {
                     let message = guest_slice(memory, buf, len)?;
-                    let message = String::from_utf8_lossy(&message[..message.len().min(MAX_LOG_LINE)]);
+                    let message =
+                        String::from_utf8_lossy(&message[..message.len().min(MAX_LOG_LINE)]);
                     let request = http.attribution.attribute(&contexts.active()).ok();
                     let (request_text, id) = match request {
                         Some(request) => (

@@ -48,12 +48,27 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     let url = guest_slice(memory, url, url_len)?;
                     let headers = guest_slice(memory, headers, headers_len)?;
                     let body = guest_slice(memory, body, body_len)?.to_vec();
-                    let request = FetchRequest::parse(method, url, headers, body)?;
+                    let mut request = FetchRequest::parse(method, url, headers, body)?;
                     current(http, contexts)?;
                     let outgoing = http
                         .attribution
                         .record_outgoing(&contexts.active())
                         .map_err(|_| Errno::Inval)?;
+                    // The call is a child of the span of the request it is attributed to
+                    // (which is on this instance: overrides cannot name another's requests).
+                    let request_span = http
+                        .requests
+                        .get(&outgoing.request)
+                        .and_then(|state| state.incoming.trace.as_ref());
+                    if let Some(span) = request_span {
+                        span.inject(&mut request.headers);
+                    }
+                    let client_span = crate::otlp::ClientSpan::start(
+                        http.shared.otlp.as_ref(),
+                        request_span,
+                        &request.method,
+                        &request.uri,
+                    );
                     let handle = http
                         .scheduler
                         .open(Operation::Fetch { done: None })
@@ -74,6 +89,10 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                         .flatten();
                     weft_sched::spawn(move || {
                         let result = request.send(&outgoing.header_value);
+                        if let Some(client_span) = client_span {
+                            client_span
+                                .finish(result.as_ref().map(|r| r.status).map_err(|e| e.name()));
+                        }
                         if let Some(span) = span
                             && let Some(trace) = shared.trace.lock().unwrap().as_mut()
                         {

@@ -61,8 +61,14 @@ mod tests {
     #[test]
     fn reads_check_their_buffer_and_arguments() {
         let mut memory = vec![0u8; 16];
-        assert_eq!(read_into(&mut memory, 14, 4, 0, b"hello"), Err(Errno::Fault));
-        assert_eq!(read_into(&mut memory, -1, 4, 0, b"hello"), Err(Errno::Fault));
+        assert_eq!(
+            read_into(&mut memory, 14, 4, 0, b"hello"),
+            Err(Errno::Fault)
+        );
+        assert_eq!(
+            read_into(&mut memory, -1, 4, 0, b"hello"),
+            Err(Errno::Fault)
+        );
         assert_eq!(read_into(&mut memory, 0, -1, 0, b"x"), Err(Errno::Inval));
         assert_eq!(read_into(&mut memory, 0, 1, -1, b"x"), Err(Errno::Inval));
     }

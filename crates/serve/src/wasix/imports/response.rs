@@ -9,10 +9,7 @@ use super::{IMPORT_MODULE, current, with_guest};
 use crate::wasix::state::{Draft, HostState, InstanceHttp};
 
 /// The draft of the caller's request; `EALREADY` once its response went out.
-fn draft<'a>(
-    http: &'a mut InstanceHttp,
-    contexts: &WasixContexts,
-) -> Result<&'a mut Draft, Errno> {
+fn draft<'a>(http: &'a mut InstanceHttp, contexts: &WasixContexts) -> Result<&'a mut Draft, Errno> {
     let request = current(http, contexts)?;
     http.requests
         .get_mut(&request)
@@ -28,8 +25,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             with_guest(&mut caller, |_, http, contexts| {
                 ret((|| {
                     let draft = draft(http, contexts)?;
-                    let status = u16::try_from(status).map_err(|_| Errno::Inval)?;
-                    http::StatusCode::from_u16(status).map_err(|_| Errno::Inval)?;
+                    // HTTP/1.1 status codes are 100..=599; anything else would go out with no
+                    // reason phrase a client understands.
+                    let status = u16::try_from(status)
+                        .ok()
+                        .filter(|s| (100..=599).contains(s))
+                        .ok_or(Errno::Inval)?;
                     draft.status = status;
                     Ok(0)
                 })())
@@ -50,7 +51,17 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     let value = guest_slice(memory, value, value_len)?;
                     let name = http::HeaderName::from_bytes(name).map_err(|_| Errno::Inval)?;
                     let value = http::HeaderValue::from_bytes(value).map_err(|_| Errno::Inval)?;
-                    draft(http, contexts)?.headers.append(name, value);
+                    let limits = http.shared.settings.limits.clone();
+                    let draft = draft(http, contexts)?;
+                    // Checked before `HeaderMap` sees it: past its capacity it panics.
+                    let bytes = draft.header_bytes + name.as_str().len() + value.len();
+                    if draft.headers.len() >= limits.max_response_headers
+                        || bytes > limits.max_response_header_bytes
+                    {
+                        return Err(Errno::Msgsize);
+                    }
+                    draft.header_bytes = bytes;
+                    draft.headers.append(name, value);
                     Ok(0)
                 })())
             })
@@ -63,7 +74,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             with_guest(&mut caller, |memory, http, contexts| {
                 ret((|| {
                     let bytes = guest_slice(memory, buf, len)?;
-                    draft(http, contexts)?.body.extend_from_slice(bytes);
+                    let max = http.shared.settings.limits.max_response_body;
+                    let draft = draft(http, contexts)?;
+                    if draft.body.len() + bytes.len() > max {
+                        return Err(Errno::Msgsize);
+                    }
+                    draft.body.extend_from_slice(bytes);
                     Ok(len)
                 })())
             })

@@ -1,0 +1,555 @@
+//! One instance of a component guest: a green thread that owns its store and runs the store's
+//! event loop (`run_concurrent`) for every request started in it. Inside the loop one future
+//! per request awaits its handler's response; the loop also takes new requests from the inbox,
+//! mirrors the guest's backpressure into the registry, finishes requests once their tasks have
+//! exited (keep-alive: a 0.3 task may work on after returning its response), and ends work
+//! that outlives its drain deadline.
+//!
+//! Response bodies are read by a green thread per response, outside the store: a 0.2 guest
+//! writing its body blocks the store until the reader takes it.
+
+use std::collections::BTreeSet;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::stream::FuturesUnordered;
+use http_body_util::{BodyExt, Limited};
+use wasmtime::component::{Accessor, Func, Resource, TypedFunc};
+use wasmtime_wasi_http::p2::bindings::http::types as p2_types;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+use weft_http_attrib::{ComponentAttribution, InstanceId, REQUEST_ID_HEADER, RequestId, Started};
+
+use super::ComponentGuest;
+use super::outgoing::full_body;
+use super::state::{ComponentState, attribution_of};
+use crate::dispatch::{Incoming, Shared};
+use crate::guest::InstanceInbox;
+
+/// Largest response body a guest may send.
+const MAX_RESPONSE_BODY: usize = 64 << 20;
+/// How long a response body may take to arrive once its head is there.
+const RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An instantiated guest.
+pub(crate) enum Proxy {
+    P2(wasmtime_wasi_http::p2::bindings::Proxy),
+    P3(wasmtime_wasi_http::p3::bindings::Service),
+}
+
+type P2Handle = TypedFunc<
+    (
+        Resource<HostIncomingRequest>,
+        Resource<HostResponseOutparam>,
+    ),
+    (),
+>;
+type P3Handle = TypedFunc<
+    (Resource<p3_types::Request>,),
+    (Result<Resource<p3_types::Response>, p3_types::ErrorCode>,),
+>;
+
+#[derive(Clone, Copy)]
+enum Handler {
+    P2(P2Handle),
+    P3(P3Handle),
+}
+
+impl Handler {
+    fn of(proxy: &Proxy) -> Self {
+        match proxy {
+            Proxy::P2(proxy) => Handler::P2(proxy.wasi_http_incoming_handler().func_handle()),
+            Proxy::P3(service) => Handler::P3(service.wasi_http_handler().func_handle()),
+        }
+    }
+
+    fn func(&self) -> Func {
+        match self {
+            Handler::P2(handle) => *handle.func(),
+            Handler::P3(handle) => *handle.func(),
+        }
+    }
+}
+
+/// What an instance's green thread is told.
+pub(crate) enum InstanceMsg {
+    /// Run this request.
+    Start(Arc<Incoming>),
+    /// The response of `request` went out; work for it may go on until `deadline`.
+    Responded {
+        request: RequestId,
+        deadline: Instant,
+    },
+    /// The registry dropped this instance: nothing is left in it.
+    Stop,
+}
+
+/// The dispatcher's end of an instance's inbox.
+pub(crate) struct Inbox(pub(crate) UnboundedSender<InstanceMsg>);
+
+impl InstanceInbox for Inbox {
+    fn start(&self, request: Arc<Incoming>) {
+        let _ = self.0.unbounded_send(InstanceMsg::Start(request));
+    }
+
+    fn stop(&self) {
+        let _ = self.0.unbounded_send(InstanceMsg::Stop);
+    }
+}
+
+/// Runs `future` to completion on this green thread with tokio's runtime entered while it is
+/// polled (only then: the green thread may resume on another worker between polls).
+pub(crate) fn block_in_tokio<F: Future>(tokio: &tokio::runtime::Handle, future: F) -> F::Output {
+    let mut future = pin!(future);
+    weft_sched::block_on(poll_fn(|cx| {
+        let _entered = tokio.enter();
+        future.as_mut().poll(cx)
+    }))
+}
+
+/// The body of an instance's green thread.
+pub(crate) fn run_instance(
+    guest: Arc<ComponentGuest>,
+    shared: Arc<Shared>,
+    id: InstanceId,
+    inbox_tx: UnboundedSender<InstanceMsg>,
+    mut inbox: UnboundedReceiver<InstanceMsg>,
+) {
+    let attribution = ComponentAttribution::new(shared.registry.clone(), id);
+    let mut store = guest.new_store(
+        Some(shared.clone()),
+        Some(attribution),
+        shared.settings.cpu_budget,
+    );
+    let proxy = match block_in_tokio(&guest.tokio, guest.instantiate(&mut store)) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            eprintln!("weft serve: instance {id} could not be created: {error:?}");
+            // Requests already sent here fail (a guest that cannot be instantiated makes
+            // 500s, not a loop); the registry requeues those whose start is on its way.
+            while let Ok(message) = inbox.try_recv() {
+                if let InstanceMsg::Start(incoming) = message {
+                    shared.no_response(incoming.id);
+                }
+            }
+            shared.instance_failed(id, None);
+            shared.pump();
+            return;
+        }
+    };
+    let serving = Serving {
+        shared: shared.clone(),
+        id,
+        inbox: inbox_tx,
+        handler: Handler::of(&proxy),
+    };
+    let result = block_in_tokio(
+        &guest.tokio,
+        store.run_concurrent(async |accessor| serving.run(accessor, &mut inbox).await),
+    )
+    .and_then(|result| result);
+    match result {
+        Ok(()) => {
+            // Stopped by the registry: nothing is live here any more, but say so if it was.
+            let left = attribution_of(store.data_mut()).store_dropped(Instant::now());
+            for summary in left.into_iter().flatten() {
+                shared.finish(&summary);
+            }
+        }
+        Err(error) => {
+            let culprit = store.data().cpu.culprit();
+            let culprit_text = culprit.map_or("-".to_string(), |r| r.to_string());
+            eprintln!("weft serve: instance {id} trapped (request {culprit_text}): {error:?}");
+            shared.instance_failed(id, culprit);
+        }
+    }
+    {
+        // Resources of the store may own tokio tasks, aborted as they drop.
+        let _entered = guest.tokio.enter();
+        drop(store);
+    }
+    shared.pump();
+}
+
+type RequestIo =
+    Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send + 'static>>;
+
+type RequestFuture<'a> = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send + 'a>>;
+
+struct Serving {
+    shared: Arc<Shared>,
+    id: InstanceId,
+    inbox: UnboundedSender<InstanceMsg>,
+    handler: Handler,
+}
+
+impl Serving {
+    /// The store's event loop runs while this runs: until the registry stops the instance
+    /// (`Ok`) or a request's call fails, which poisons the store (`Err`).
+    async fn run(
+        &self,
+        accessor: &Accessor<ComponentState>,
+        inbox: &mut UnboundedReceiver<InstanceMsg>,
+    ) -> wasmtime::Result<()> {
+        let mut running: FuturesUnordered<RequestFuture<'_>> = FuturesUnordered::new();
+        let mut deadlines: BTreeSet<(Instant, RequestId)> = BTreeSet::new();
+        let mut timer: Option<(Instant, Pin<Box<weft_sched::Sleep>>)> = None;
+        let mut backpressure = false;
+        poll_fn(|cx| {
+            loop {
+                while let Poll::Ready(Some(result)) = running.poll_next_unpin(cx) {
+                    if let Err(error) = result {
+                        return Poll::Ready(Err(error));
+                    }
+                }
+                match inbox.poll_next_unpin(cx) {
+                    Poll::Ready(Some(InstanceMsg::Start(incoming))) => {
+                        if let Some(future) = self.start(accessor, incoming) {
+                            running.push(future);
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(InstanceMsg::Responded { request, deadline })) => {
+                        deadlines.insert((deadline, request));
+                        continue;
+                    }
+                    Poll::Ready(Some(InstanceMsg::Stop) | None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => {}
+                }
+
+                // Backpressure: while the guest holds it (or a 0.2 call runs), new requests
+                // go to other instances or wait.
+                match ComponentAttribution::poll_ready(
+                    accessor,
+                    attribution_of,
+                    self.handler.func(),
+                    cx,
+                ) {
+                    Poll::Ready(Ok(())) if backpressure => {
+                        backpressure = false;
+                        self.shared.pump();
+                    }
+                    Poll::Ready(_) => {}
+                    Poll::Pending => backpressure = true,
+                }
+
+                // Keep-alive: requests finish once every task of the store has exited.
+                if let Poll::Ready(result) =
+                    ComponentAttribution::poll_idle(accessor, attribution_of, cx, Instant::now())
+                {
+                    match result {
+                        Ok(finished) if !finished.is_empty() => {
+                            accessor.with(|mut access| {
+                                for summary in &finished {
+                                    access.get().cpu.forget(summary.request);
+                                }
+                            });
+                            for summary in &finished {
+                                self.shared.finish(summary);
+                            }
+                            self.shared.pump();
+                        }
+                        Ok(_) => {}
+                        Err(error) => eprintln!("weft serve: internal error: {error}"),
+                    }
+                }
+
+                let now = Instant::now();
+                while let Some(&(at, request)) = deadlines.first() {
+                    if at > now {
+                        break;
+                    }
+                    deadlines.pop_first();
+                    self.drain(request, now);
+                }
+                if let Some(&(at, _)) = deadlines.first() {
+                    if timer.as_ref().is_none_or(|(set, _)| *set != at) {
+                        let wait = at.saturating_duration_since(now);
+                        timer = Some((at, Box::pin(weft_sched::Sleep::new(wait))));
+                    }
+                    if let Some((_, sleep)) = timer.as_mut()
+                        && sleep.as_mut().poll(cx).is_ready()
+                    {
+                        timer = None;
+                        continue;
+                    }
+                }
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+
+    /// The drain deadline of `request` passed while its task still runs: it is finished with
+    /// its task counted as a straggler, and the instance is retired so that the task ends with
+    /// the store once nothing else runs in it (a single task cannot be stopped).
+    fn drain(&self, request: RequestId, now: Instant) {
+        let summary = {
+            let mut registry = self.shared.registry.lock();
+            if !registry.is_live(request) {
+                return;
+            }
+            let summary = registry.drained(request, 1, now);
+            let _ = registry.retire(self.id);
+            summary
+        };
+        if let Ok(summary) = summary {
+            self.shared.finish(&summary);
+        }
+        self.shared.pump();
+    }
+
+    /// Starts `incoming`'s handler as a new root task; the future awaits its response.
+    fn start<'a>(
+        &self,
+        accessor: &'a Accessor<ComponentState>,
+        incoming: Arc<Incoming>,
+    ) -> Option<RequestFuture<'a>> {
+        let request = incoming.id;
+        let started = match self.handler {
+            Handler::P3(handle) => self.start_p3(accessor, handle, incoming),
+            Handler::P2(handle) => self.start_p2(accessor, handle, incoming),
+        };
+        match started {
+            Ok(future) => Some(future),
+            Err(error) => {
+                eprintln!("weft serve: cannot start {request}: {error:?}");
+                self.shared.no_response(request);
+                self.shared.pump();
+                None
+            }
+        }
+    }
+
+    /// A new root task held the slot of an earlier one, which has therefore exited.
+    fn displaced<C>(&self, started: &Started<C>) {
+        if let Some((_, Some(summary))) = &started.displaced {
+            self.shared.finish(summary);
+        }
+    }
+
+    fn start_p3<'a>(
+        &self,
+        accessor: &'a Accessor<ComponentState>,
+        handle: P3Handle,
+        incoming: Arc<Incoming>,
+    ) -> wasmtime::Result<RequestFuture<'a>> {
+        let http_request = incoming_request(&incoming)?;
+        let now = Instant::now();
+        let (started, request_io) = accessor.with(|mut access| -> wasmtime::Result<_> {
+            let (request, request_io) =
+                wasmtime_wasi_http::p3::Request::from_http(&mut access.get().hooks, http_request);
+            let request_io: RequestIo = Box::pin(request_io);
+            let resource = access.get().table.push(request)?;
+            let started = ComponentAttribution::start_typed_call(
+                &mut access,
+                attribution_of,
+                handle,
+                (resource,),
+                incoming.id,
+                now,
+            )
+            .map_err(wasmtime::Error::msg)?;
+            Ok((started, request_io))
+        })?;
+        self.displaced(&started);
+        let shared = self.shared.clone();
+        let inbox = self.inbox.clone();
+        Ok(Box::pin(async move {
+            let (result,) = handle
+                .finish_call_concurrent(accessor, started.call)
+                .await?;
+            match result {
+                Ok(response) => {
+                    let response = accessor.with(|mut access| -> wasmtime::Result<_> {
+                        let response = access.get().table.delete(response)?;
+                        response.into_http_with_getter(&mut access, request_io, http_view)
+                    });
+                    match response {
+                        Ok(response) => deliver(shared, incoming, inbox, response),
+                        Err(error) => {
+                            eprintln!(
+                                "weft serve: the response of {} is unusable: {error:?}",
+                                incoming.id
+                            );
+                            shared.no_response(incoming.id);
+                            shared.pump();
+                        }
+                    }
+                }
+                Err(code) => {
+                    eprintln!(
+                        "weft serve: the handler of {} answered with error {code:?}",
+                        incoming.id
+                    );
+                    shared.no_response(incoming.id);
+                    shared.pump();
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    fn start_p2<'a>(
+        &self,
+        accessor: &'a Accessor<ComponentState>,
+        handle: P2Handle,
+        incoming: Arc<Incoming>,
+    ) -> wasmtime::Result<RequestFuture<'a>> {
+        let http_request = incoming_request(&incoming)?;
+        let now = Instant::now();
+        let responded = Arc::new(AtomicBool::new(false));
+        let on_response = {
+            let (shared, incoming, inbox) =
+                (self.shared.clone(), incoming.clone(), self.inbox.clone());
+            let responded = responded.clone();
+            move |response: Result<http::Response<WasiBody>, p2_types::ErrorCode>| {
+                responded.store(true, Ordering::Release);
+                match response {
+                    Ok(response) => deliver(shared, incoming, inbox, response),
+                    Err(code) => {
+                        eprintln!(
+                            "weft serve: the handler of {} set error {code:?} as its response",
+                            incoming.id
+                        );
+                        shared.no_response(incoming.id);
+                        shared.pump();
+                    }
+                }
+            }
+        };
+        let started = accessor.with(|mut access| -> wasmtime::Result<_> {
+            let mut http = access.get().http();
+            let request = http.new_incoming_request(p2_types::Scheme::Http, http_request)?;
+            let outparam = http.new_response_outparam_from_callback(on_response)?;
+            ComponentAttribution::start_typed_call(
+                &mut access,
+                attribution_of,
+                handle,
+                (request, outparam),
+                incoming.id,
+                now,
+            )
+            .map_err(wasmtime::Error::msg)
+        })?;
+        self.displaced(&started);
+        let shared = self.shared.clone();
+        Ok(Box::pin(async move {
+            handle
+                .finish_call_concurrent(accessor, started.call)
+                .await?;
+            if !responded.load(Ordering::Acquire) {
+                eprintln!(
+                    "weft serve: the handler of {} returned without setting a response",
+                    incoming.id
+                );
+                shared.no_response(incoming.id);
+                shared.pump();
+            }
+            Ok(())
+        }))
+    }
+}
+
+fn http_view(state: &mut ComponentState) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+    state.http()
+}
+
+/// The request as wasmtime-wasi-http takes it: an absolute URI (the guest reads scheme and
+/// authority from it).
+fn incoming_request(incoming: &Incoming) -> wasmtime::Result<http::Request<WasiBody>> {
+    let authority = incoming
+        .headers
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .filter(|host| host.parse::<http::uri::Authority>().is_ok())
+        .unwrap_or("localhost");
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(incoming.path.as_str())
+        .build()?;
+    let mut request = http::Request::builder()
+        .method(incoming.method.as_str())
+        .uri(uri)
+        .body(full_body(incoming.body.clone()))?;
+    *request.headers_mut() = incoming.headers.clone();
+    Ok(request)
+}
+
+/// Reads the body of a response in a green thread of its own and sends the response.
+fn deliver(
+    shared: Arc<Shared>,
+    incoming: Arc<Incoming>,
+    inbox: UnboundedSender<InstanceMsg>,
+    response: http::Response<WasiBody>,
+) {
+    weft_sched::spawn(move || {
+        let (parts, body) = response.into_parts();
+        let mut collect = pin!(Limited::new(body, MAX_RESPONSE_BODY).collect());
+        let mut timer = pin!(weft_sched::Sleep::new(RESPONSE_BODY_TIMEOUT));
+        let collected = weft_sched::block_on(poll_fn(|cx| {
+            if let Poll::Ready(result) = collect.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        }));
+        let body = match collected {
+            Some(Ok(collected)) => collected.to_bytes(),
+            Some(Err(error)) => {
+                eprintln!(
+                    "weft serve: the response body of {} failed: {error}",
+                    incoming.id
+                );
+                shared.no_response(incoming.id);
+                shared.pump();
+                return;
+            }
+            None => {
+                eprintln!(
+                    "weft serve: the response body of {} did not end within {} s",
+                    incoming.id,
+                    RESPONSE_BODY_TIMEOUT.as_secs()
+                );
+                shared.no_response(incoming.id);
+                shared.pump();
+                return;
+            }
+        };
+        let mut response = hyper::Response::from_parts(parts, Bytes::new());
+        *response.body_mut() = body;
+        // The body is whole: hyper frames it with its length.
+        response
+            .headers_mut()
+            .remove(http::header::TRANSFER_ENCODING);
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        if let Ok(value) = http::HeaderValue::from_str(&incoming.header_value) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        // Already answered when it failed meanwhile (then the registry has settled it), or
+        // by an earlier run on an instance that trapped (then this run's response counts).
+        incoming.respond(&shared, response);
+        let now = Instant::now();
+        let sent = shared.registry.lock().response_sent(incoming.id, now);
+        match sent {
+            Ok(Some(summary)) => shared.finish(&summary),
+            Ok(None) => {
+                let _ = inbox.unbounded_send(InstanceMsg::Responded {
+                    request: incoming.id,
+                    deadline: now + shared.settings.drain_timeout,
+                });
+            }
+            // Failed meanwhile (its instance trapped): the registry has settled it.
+            Err(_) => {}
+        }
+        shared.pump();
+    });
+}

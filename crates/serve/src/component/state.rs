@@ -1,0 +1,188 @@
+//! The store data of a component guest's instance: WASI, wasi:http, the attribution of its
+//! tasks, and the CPU account kept by the store's call hook.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{GuestTaskId, ResourceTable};
+use wasmtime::{CallHook, StoreContextMut};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use weft_http_attrib::{ComponentAttribution, RequestId};
+
+use super::outgoing::OutgoingHooks;
+
+/// The store data of one component instance.
+pub(crate) struct ComponentState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) hooks: OutgoingHooks,
+    /// `None` only in stores that serve nothing (the instantiation probe).
+    pub(crate) attribution: Option<ComponentAttribution>,
+    pub(crate) cpu: TaskCpu,
+}
+
+impl ComponentState {
+    pub(crate) fn new(
+        hooks: OutgoingHooks,
+        attribution: Option<ComponentAttribution>,
+        budget: Duration,
+    ) -> Self {
+        ComponentState {
+            wasi: WasiCtxBuilder::new()
+                .inherit_stdout()
+                .inherit_stderr()
+                .build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks,
+            attribution,
+            cpu: TaskCpu::new(budget),
+        }
+    }
+
+    /// The request the root task `root` runs for, if it is one of this instance's.
+    fn request_of(&self, root: GuestTaskId) -> Option<RequestId> {
+        self.attribution.as_ref()?.request_of(root)
+    }
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
+/// The attribution of a serving store (every serving store has one).
+pub(crate) fn attribution_of(state: &mut ComponentState) -> &mut ComponentAttribution {
+    state
+        .attribution
+        .as_mut()
+        .expect("serving stores have an attribution")
+}
+
+/// Wasm run time per request in a store where many requests' tasks interleave. Wasmtime
+/// reports no task switches, but its call hook sees every entry into wasm (a task starting or
+/// a callback running: `CallingWasm`; a host import returning: `ReturningFromHost`) and every
+/// exit, and at an entry the async call stack names the task whose code runs. So the time
+/// between an entry and the next exit belongs to the request of that task's root.
+#[derive(Debug)]
+pub(crate) struct TaskCpu {
+    budget: Duration,
+    used: HashMap<RequestId, Duration>,
+    running: Option<(RequestId, Instant)>,
+    /// The request whose code entered wasm last: the one a trap interrupts.
+    last_entered: Option<RequestId>,
+    exceeded: Option<RequestId>,
+}
+
+impl TaskCpu {
+    pub(crate) fn new(budget: Duration) -> Self {
+        TaskCpu {
+            budget,
+            used: HashMap::new(),
+            running: None,
+            last_entered: None,
+            exceeded: None,
+        }
+    }
+
+    fn enter(&mut self, request: Option<RequestId>, now: Instant) {
+        self.leave(now);
+        self.last_entered = request;
+        self.running = request.map(|r| (r, now));
+    }
+
+    fn leave(&mut self, now: Instant) {
+        if let Some((request, since)) = self.running.take() {
+            *self.used.entry(request).or_default() += now.saturating_duration_since(since);
+        }
+    }
+
+    /// At an epoch tick: `Err` once the running request has used up its budget.
+    pub(crate) fn check(&mut self, now: Instant) -> Result<(), (RequestId, Duration)> {
+        let Some((request, since)) = self.running else {
+            return Ok(());
+        };
+        let used = self.used.get(&request).copied().unwrap_or_default()
+            + now.saturating_duration_since(since);
+        if used > self.budget {
+            self.exceeded = Some(request);
+            return Err((request, self.budget));
+        }
+        Ok(())
+    }
+
+    /// The request a trap that just surfaced should be blamed on: the one over budget if that
+    /// is why, else the one whose code ran last.
+    pub(crate) fn culprit(&self) -> Option<RequestId> {
+        self.exceeded.or(self.last_entered)
+    }
+
+    /// `request` is over: its account is closed.
+    pub(crate) fn forget(&mut self, request: RequestId) {
+        self.used.remove(&request);
+    }
+}
+
+/// The store's call hook: keeps [`TaskCpu`] current.
+pub(crate) fn call_hook(
+    mut store: StoreContextMut<'_, ComponentState>,
+    hook: CallHook,
+) -> wasmtime::Result<()> {
+    let now = Instant::now();
+    if hook.entering_host() {
+        store.data_mut().cpu.leave(now);
+        return Ok(());
+    }
+    // Outside any task (instantiation) the stack is unavailable: nobody's time.
+    let root = store.async_call_stack().ok().and_then(|stack| stack.last());
+    let state = store.data_mut();
+    let request = root.and_then(|root| state.request_of(root));
+    state.cpu.enter(request, now);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_summed_per_request_and_the_last_entered_is_blamed() {
+        let (a, b) = (
+            RequestId::from_token(1).unwrap(),
+            RequestId::from_token(2).unwrap(),
+        );
+        let mut cpu = TaskCpu::new(Duration::from_millis(10));
+        let t0 = Instant::now();
+        cpu.enter(Some(a), t0);
+        cpu.enter(Some(b), t0 + Duration::from_millis(6));
+        assert_eq!(cpu.culprit(), Some(b));
+        cpu.leave(t0 + Duration::from_millis(7));
+        cpu.enter(Some(a), t0 + Duration::from_millis(20));
+        assert_eq!(cpu.check(t0 + Duration::from_millis(23)), Ok(()));
+        assert_eq!(
+            cpu.check(t0 + Duration::from_millis(25)),
+            Err((a, Duration::from_millis(10)))
+        );
+        assert_eq!(cpu.culprit(), Some(a));
+        cpu.forget(a);
+        // Time in no request's task is nobody's.
+        cpu.enter(None, t0);
+        assert_eq!(cpu.check(t0 + Duration::from_secs(60)), Ok(()));
+    }
+}

@@ -1,0 +1,342 @@
+//! `weft serve` with standard `wasi:http` components built from Python by componentize-py
+//! (`cargo xtask build-guests` puts them in `target/guests/components/`), on loopback:
+//! 0.2 and 0.3 guests served and reused, every outgoing request attributed to the request
+//! whose task made it (also after the response), traps isolated, other worlds refused.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_serve::{ServeConfig, ServeError, Server};
+
+/// A built guest; fails (never skips) when it is missing.
+fn guest(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join("target")
+        });
+    let path = target
+        .join("guests")
+        .join("components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build-guests`",
+        path.display()
+    );
+    path
+}
+
+fn config(name: &str) -> ServeConfig {
+    let mut config = ServeConfig::new(guest(name));
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.workers = 2;
+    config.policy = weft_http_attrib::Policy::for_workers(2);
+    config.access_log = false;
+    config
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+fn request(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    // A hang guard, not a timing check: a server that never answers fails the test.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut text = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    parse_reply(&response)
+}
+
+fn parse_reply(response: &str) -> Reply {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Runs `n` requests at once, each from its own thread.
+fn concurrently(n: usize, make: impl Fn(usize) -> Reply + Send + Sync) -> Vec<Reply> {
+    std::thread::scope(|scope| {
+        let make = &make;
+        let handles: Vec<_> = (0..n).map(|i| scope.spawn(move || make(i))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// An upstream HTTP server that records the path and `weft-request-id` of every request.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let reply = parse_reply(&text);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    let id = reply
+                        .headers
+                        .get("weft-request-id")
+                        .cloned()
+                        .unwrap_or_default();
+                    record.lock().unwrap().push((path, id));
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    fn header(&self) -> (&'static str, String) {
+        ("x-upstream", self.addr.to_string())
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn stop(server: Server) -> weft_serve::ServeReport {
+    server.shutdown_handle().shutdown();
+    server.wait().unwrap()
+}
+
+#[test]
+fn a_p3_hello_component_is_served_and_its_instance_reused() {
+    let server = Server::start(config("p3_hello")).unwrap();
+    let addr = server.local_addr();
+    for i in 0..6 {
+        let reply = request(addr, &format!("/hi/{i}"), &[]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            reply
+                .body
+                .starts_with(&format!("hello from a p3 component: /hi/{i} ")),
+            "{reply:?}"
+        );
+        assert!(reply.headers.contains_key("weft-request-id"), "{reply:?}");
+    }
+    let report = stop(server);
+    assert_eq!(report.served, 6);
+    assert_eq!(report.stats.completed, 6, "{:?}", report.stats);
+    assert_eq!(report.stats.instances_created, 1, "{:?}", report.stats);
+}
+
+#[test]
+fn a_p2_hello_component_is_served_by_reused_instances_one_request_at_a_time() {
+    let server = Server::start(config("p2_hello")).unwrap();
+    let addr = server.local_addr();
+    let replies = concurrently(24, |i| request(addr, &format!("/p2/{i}"), &[]));
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            reply
+                .body
+                .starts_with(&format!("hello from a p2 component: /p2/{i} ")),
+            "{reply:?}"
+        );
+    }
+    let stats = server.stats();
+    let report = stop(server);
+    assert_eq!(report.stats.completed, 24, "{:?}", report.stats);
+    // At most `max_instances` (4 with two workers) ever existed: each served several.
+    assert!(stats.instances_created <= 4, "{stats:?}");
+    // And some instance counted past its first request.
+    assert!(
+        replies.iter().any(|r| !r.body.contains("(request 1 of")),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn every_outgoing_request_carries_the_id_of_the_request_that_caused_it() {
+    let upstream = Upstream::start();
+    let mut config = config("p3_fetch");
+    config.policy.max_instances = 2;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let replies = concurrently(12, |i| {
+        let path = match i % 2 {
+            0 => "/sequential?n=2",
+            _ => "/concurrent?n=3",
+        };
+        request(addr, path, &[upstream.header()])
+    });
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let n = if i % 2 == 0 { 2 } else { 3 };
+        assert_eq!(
+            reply
+                .body
+                .split_whitespace()
+                .filter(|s| *s == "200")
+                .count(),
+            n,
+            "{reply:?}"
+        );
+        expected.insert(reply.headers["weft-request-id"].clone(), n);
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 30, "{seen:?}");
+    let mut counted: HashMap<String, usize> = HashMap::new();
+    for (path, id) in &seen {
+        assert!(expected.contains_key(id), "{path} carried {id:?}: {seen:?}");
+        *counted.entry(id.clone()).or_default() += 1;
+    }
+    assert_eq!(counted, expected);
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 30, "{:?}", report.stats);
+    assert_eq!(report.stats.completed, 12, "{:?}", report.stats);
+}
+
+#[test]
+fn work_after_the_response_is_attributed_and_keeps_its_instance_alive() {
+    let upstream = Upstream::start();
+    let server = Server::start(config("p3_fetch")).unwrap();
+    let addr = server.local_addr();
+    let replies = concurrently(4, |_| request(addr, "/after?n=2", &[upstream.header()]));
+    let ids: BTreeSet<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{r:?}");
+            r.headers["weft-request-id"].clone()
+        })
+        .collect();
+    wait_until("the calls made after the responses", || {
+        upstream.seen().len() == 8
+    });
+    let seen = upstream.seen();
+    for id in &ids {
+        assert_eq!(seen.iter().filter(|(_, i)| i == id).count(), 2, "{seen:?}");
+    }
+    wait_until("the requests to finish", || server.stats().completed == 4);
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 8, "{:?}", report.stats);
+    assert_eq!(
+        (report.stats.drained, report.stats.stragglers),
+        (0, 0),
+        "{:?}",
+        report.stats
+    );
+}
+
+#[test]
+fn a_trapping_request_gets_500_and_its_neighbours_are_served() {
+    let upstream = Upstream::start();
+    let mut config = config("p3_fetch");
+    config.policy.max_instances = 1;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let replies = concurrently(9, |i| {
+        let path = if i == 4 { "/trap" } else { "/hello" };
+        request(addr, path, &[upstream.header()])
+    });
+    for (i, reply) in replies.iter().enumerate() {
+        let expected = if i == 4 { 500 } else { 200 };
+        assert_eq!(reply.status, expected, "request {i}: {reply:?}");
+    }
+    // And the server goes on, on a fresh instance.
+    assert_eq!(request(addr, "/hello", &[]).status, 200);
+    let report = stop(server);
+    assert!(report.stats.failed >= 1, "{:?}", report.stats);
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_with_its_exports_named() {
+    let dir = std::env::temp_dir().join(format!("weft-components-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("other-world.wat");
+    std::fs::write(
+        &path,
+        r#"(component
+            (core module $m (func (export "run") (result i32) (i32.const 0)))
+            (core instance $i (instantiate $m))
+            (func (export "run") (result u32) (canon lift (core func $i "run"))))"#,
+    )
+    .unwrap();
+    let mut config = config("p3_hello");
+    config.wasm = path.clone();
+    let error = Server::start(config).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, ServeError::Component { .. }), "{message}");
+    assert!(message.contains("another world"), "{message}");
+    assert!(message.contains("wasi:http/service"), "{message}");
+    assert!(message.contains("its exports: run"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+
+    let path = dir.join("missing-import.wat");
+    std::fs::write(
+        &path,
+        r#"(component
+            (import "example:nothing/here@1.0.0" (instance (export "f" (func))))
+            (import "wasi:http/types@0.2.12" (instance))
+            (core module $m)
+            (core instance $i (instantiate $m))
+            (instance (export "wasi:http/incoming-handler@0.2.12")))"#,
+    )
+    .unwrap();
+    let mut config = self::config("p3_hello");
+    config.wasm = path;
+    let message = Server::start(config).unwrap_err().to_string();
+    assert!(message.contains("example:nothing/here@1.0.0"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
