@@ -4,6 +4,9 @@
 //! The guests are built by `cargo xtask build-guests` into `<target>/guests/`; the `weft` binary
 //! is built on first use with `cargo build -p weft-cli` into the same target directory and
 //! profile as the running test. `WEFT_BIN` and `WEFT_GUESTS_DIR` override either location.
+//! [`serve`] runs `weft serve` as a child process for the serve tests.
+
+pub mod serve;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

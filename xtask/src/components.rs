@@ -177,9 +177,13 @@ fn find_or_install(tools: &Path) -> Result<PathBuf> {
 }
 
 /// Builds into a scratch file, then moves it into place, so an interrupted build never leaves
-/// a fresh-looking broken output behind.
+/// a fresh-looking broken output behind. The sources are copied out first: the Python inside
+/// componentize-py writes `__pycache__` folders next to what it compiles.
 fn build_one(componentize: &Path, tools: &Path, guest: &Guest, output: &Path) -> Result {
     let temporary = output.with_extension("wasm.partial");
+    let sources = output.with_extension("src");
+    let _ = fs::remove_dir_all(&sources);
+    copy_sources(&guest.dir, &sources)?;
     let mut cmd = Command::new("python3");
     cmd.arg(componentize)
         .env("PYTHONPATH", tools)
@@ -189,7 +193,7 @@ fn build_one(componentize: &Path, tools: &Path, guest: &Guest, output: &Path) ->
         .arg(&guest.world)
         .arg("componentize")
         .arg("-p")
-        .arg(&guest.dir)
+        .arg(&sources)
         .arg("app")
         .arg("-o")
         .arg(&temporary);
@@ -209,6 +213,30 @@ fn build_one(componentize: &Path, tools: &Path, guest: &Guest, output: &Path) ->
     fs::rename(&temporary, output)
         .map_err(|e| format!("cannot move {} into place: {e}", temporary.display()))?;
     eprintln!("  built {}", output.display());
+    Ok(())
+}
+
+/// Copies the files under `from` (not Python's caches) to `to`.
+fn copy_sources(from: &Path, to: &Path) -> Result {
+    fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let entries = fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot read {}: {e}", from.display()))?
+            .path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if name == "__pycache__" {
+            continue;
+        }
+        if path.is_dir() {
+            copy_sources(&path, &to.join(name))?;
+        } else {
+            fs::copy(&path, to.join(name))
+                .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+        }
+    }
     Ok(())
 }
 

@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Run a WASI preview 1 command (core module) with the WASIX context API
     Run(RunArgs),
-    /// Serve HTTP: each request runs as a WASIX context of a reused guest instance
+    /// Serve HTTP: each request runs as a WASIX context of a reused guest instance, or in a
+    /// reused instance of a standard wasi:http component (0.2 proxy or 0.3 service)
     Serve(Box<ServeArgs>),
 }
 
@@ -173,7 +174,7 @@ fn serve(args: ServeArgs) -> i32 {
     if let Some(workers) = args.workers {
         config.workers = workers as usize;
     }
-    let mut policy = weft_http_attrib::Policy::for_workers(config.workers);
+    let mut policy = weft_serve::Policy::for_workers(config.workers);
     policy.max_in_flight_per_instance = args.max_in_flight as usize;
     policy.max_requests_per_instance = args.max_requests;
     if let Some(max_instances) = args.max_instances {

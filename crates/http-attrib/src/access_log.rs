@@ -27,11 +27,16 @@ use crate::registry::{Outcome, Summary};
 pub struct AccessLogLine<'a> {
     /// When the request finished, as wall-clock time.
     pub finished_at: SystemTime,
+    /// The registry's record of the request: ids, timings, outgoing count
+    /// and outcome.
     pub summary: &'a Summary,
     /// The request's `weft-request-id` header value, as its outgoing calls
     /// carried it.
     pub header_id: &'a str,
+    /// The HTTP method, as received.
     pub method: &'a str,
+    /// The request target as received (path, and query if any); quoted in
+    /// the line when it holds spaces, quotes or `=`.
     pub path: &'a str,
     /// The status sent; `None` when no response went out.
     pub status: Option<u16>,

@@ -14,6 +14,7 @@ use crate::registry::{Registry, RegistryError};
 pub struct SharedRegistry(Arc<Mutex<Registry>>);
 
 impl SharedRegistry {
+    /// Wraps `registry` so the server's instances and threads can share it.
     pub fn new(registry: Registry) -> Self {
         SharedRegistry(Arc::new(Mutex::new(registry)))
     }
@@ -34,20 +35,38 @@ impl SharedRegistry {
 /// A guest gets these as an error code, never as a host panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttribError {
+    /// The caller has no root request and no override in effect (a guest's
+    /// own scheduler loop, say), so the call is refused rather than sent out
+    /// unattributed. Holds the kind of caller: `"context"`, `"task"`, ….
     #[error("the calling {0} works for no request (and entered none)")]
     Unattributed(&'static str),
+    /// `exit` by a caller with no override in effect (for a component task,
+    /// none entered under its current root task).
     #[error("exit without a matching enter")]
     UnbalancedExit,
+    /// `enter` while the caller already has [`MAX_OVERRIDE_DEPTH`] overrides
+    /// in effect; the new one is not entered.
     #[error("overrides nested deeper than {MAX_OVERRIDE_DEPTH}")]
     OverrideTooDeep,
+    /// The runtime reported a new context under an id that is still tracked
+    /// (its exit was never reported); nothing is changed.
     #[error("context {0} is already tracked")]
     ContextInUse(u64),
+    /// The context id is not tracked by the instance's attribution. Nothing
+    /// in this crate returns it at present: the exit of an untracked context
+    /// is [`ContextExit::Unattributed`](crate::ContextExit::Unattributed).
     #[error("context {0} is not tracked")]
     UnknownContext(u64),
+    /// [`CallerStack::capture`](crate::CallerStack::capture) found no task on
+    /// the async call stack: the import was not called from a running task.
     #[error("not called from inside a component task")]
     NotInTask,
+    /// A wasmtime call failed (reading the call stack, starting a call);
+    /// holds its message.
     #[error("{0}")]
     Wasmtime(String),
+    /// The registry refused: most often a token that names no live request
+    /// of this instance.
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -55,6 +74,7 @@ pub enum AttribError {
 /// An outgoing call, attributed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
+    /// The request the call is made for, and counted against.
     pub request: RequestId,
     /// The value of the `weft-request-id` header it must carry.
     pub header_value: String,
@@ -69,8 +89,11 @@ pub trait Attribution {
     /// What identifies the caller of a host import.
     type Caller;
 
+    /// The instance this state belongs to: overrides may only name requests
+    /// started on it.
     fn instance(&self) -> InstanceId;
 
+    /// The registry the instance's requests live in.
     fn registry(&self) -> &SharedRegistry;
 
     /// The request the caller works for: the innermost override it entered,

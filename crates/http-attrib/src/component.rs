@@ -58,6 +58,7 @@ pub struct Started<C> {
     /// Await it with `finish_call_concurrent`; it resolves when the task
     /// returns (its response), which may be before the task exits.
     pub call: C,
+    /// The root task, now bound to the request.
     pub task: GuestTaskId,
     /// The request whose root task held the same slot before: that task has
     /// exited, so the request's work is finished; `finished` is its summary
@@ -79,6 +80,8 @@ pub struct ComponentAttribution {
 }
 
 impl ComponentAttribution {
+    /// State for `instance`, a component instance registered in `registry`;
+    /// no task is bound until a call is started.
     pub fn new(registry: SharedRegistry, instance: InstanceId) -> Self {
         ComponentAttribution {
             registry,

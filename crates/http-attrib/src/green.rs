@@ -23,6 +23,7 @@ pub type ContextId = u64;
 /// [`GreenAttribution::context_created`] / [`GreenAttribution::context_exited`]
 /// called from its create and exit paths, that is all it has to provide.
 pub trait ActiveContext {
+    /// The context that is running, hence the one making the host call.
     fn active_context(&self) -> ContextId;
 }
 
@@ -33,7 +34,9 @@ pub enum ContextExit {
     Unattributed,
     /// Other contexts still work for `request`.
     WorkLeft {
+        /// The request the exited context worked for.
         request: RequestId,
+        /// Contexts of this instance still working for it.
         contexts_left: u32,
     },
     /// It was the last context working for `request`. `finished` is the
@@ -41,7 +44,9 @@ pub enum ContextExit {
     /// without answering, or the answer is still on its way (see
     /// [`Registry::work_finished`](crate::Registry::work_finished)).
     LastForRequest {
+        /// The request the exited context worked for.
         request: RequestId,
+        /// Its summary if this exit finished it (see above).
         finished: Option<Summary>,
     },
 }
@@ -57,6 +62,8 @@ pub struct GreenAttribution {
 }
 
 impl GreenAttribution {
+    /// State for `instance`, a green-thread instance registered in
+    /// `registry`; no context is tracked until [`GreenAttribution::request_started`].
     pub fn new(registry: SharedRegistry, instance: InstanceId) -> Self {
         GreenAttribution {
             registry,

@@ -40,6 +40,8 @@ impl fmt::Display for RequestId {
 pub struct InstanceId(pub(crate) u64);
 
 impl InstanceId {
+    /// The raw value: the number after `i` in logs, and the process id of
+    /// the instance's track in a trace.
     pub fn get(self) -> u64 {
         self.0
     }

@@ -73,7 +73,11 @@ impl Default for Policy {
 pub enum Refusal {
     /// It carries a live request id of this very server: answering it would
     /// feed a loop (`508 Loop Detected`).
-    LoopDetected { caused_by: RequestId },
+    LoopDetected {
+        /// The live request whose id the incoming request carried: the
+        /// incoming request descends from one of its outgoing calls.
+        caused_by: RequestId,
+    },
     /// The queue is full (`503 Service Unavailable`).
     Overloaded,
     /// The server is shutting down (`503 Service Unavailable`).
@@ -94,24 +98,44 @@ impl Refusal {
 /// not there. Never a panic: a guest's bad token is one of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
+    /// The request is not live: never submitted, or already finished (an
+    /// event that arrives after the request was drained or failed, say).
     #[error("request {0} is not live")]
     UnknownRequest(RequestId),
+    /// A token a guest passed is 0, or names no live request of this server
+    /// (one that finished, or an id never issued).
     #[error("token {0} does not name a live request")]
     BadToken(u64),
+    /// A guest on one instance named a request running on another: work
+    /// may only be attributed to requests of the instance it runs in.
     #[error("request {request} belongs to instance {owner}, not {asked}")]
     ForeignRequest {
+        /// The request the token named.
         request: RequestId,
+        /// The instance that request was started on.
         owner: InstanceId,
+        /// The instance of the guest that passed the token.
         asked: InstanceId,
     },
+    /// The request is still queued, so it has no instance and no handler
+    /// yet. [`Registry::drained`] also returns it for a request that has not
+    /// responded, since only answered requests have a drain deadline.
     #[error("request {0} has not been started on an instance")]
     NotStarted(RequestId),
+    /// [`Registry::response_sent`] or [`Registry::no_response`] for a request
+    /// whose response was already reported.
     #[error("request {0} already had its response")]
     AlreadyResponded(RequestId),
+    /// The instance was never added, or has already been dropped.
     #[error("instance {0} is not live")]
     UnknownInstance(InstanceId),
+    /// [`Registry::add_instance`] without a pending
+    /// [`Action::SpawnInstance`] while [`Policy::max_instances`] are live;
+    /// holds that maximum.
     #[error("already {0} instances, the policy's maximum")]
     TooManyInstances(usize),
+    /// [`Registry::new`] got a policy with a limit of zero, which would let
+    /// no request run; holds the field's name.
     #[error("policy field {0} must not be zero")]
     BadPolicy(&'static str),
 }
@@ -121,7 +145,9 @@ pub enum RegistryError {
 pub enum Action {
     /// Run `request` on `instance` (its handler starts now).
     Start {
+        /// The request taken from the front of the queue.
         request: RequestId,
+        /// The least loaded instance that takes new requests.
         instance: InstanceId,
     },
     /// Requests wait and no instance can take them: create one and report it
@@ -137,7 +163,10 @@ pub enum Outcome {
     /// Response sent and all work for it finished.
     Completed,
     /// Response sent; work still running at the drain deadline was killed.
-    Drained { stragglers: u32 },
+    Drained {
+        /// Units of work (contexts, or the root task) that were killed.
+        stragglers: u32,
+    },
     /// Its handler finished without sending a response.
     NoResponse,
     /// Its instance trapped (because of it or of a sibling it could not be
@@ -148,13 +177,22 @@ pub enum Outcome {
 /// A finished request, for the access log and the trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
+    /// The request that finished.
     pub request: RequestId,
+    /// The instance it last ran on; `None` only if it was never started.
     pub instance: Option<InstanceId>,
+    /// How it ended.
     pub outcome: Outcome,
+    /// Outgoing calls attributed to it ([`Registry::record_outgoing`]).
     pub outgoing: u32,
+    /// When [`Registry::submit`] admitted it.
     pub submitted_at: Instant,
+    /// When it was last started on an instance (a request requeued after a
+    /// trap is started again); `None` if it never was.
     pub started_at: Option<Instant>,
+    /// When its response went out; `None` if none did.
     pub responded_at: Option<Instant>,
+    /// The time given to the registry call that finished it.
     pub finished_at: Instant,
 }
 
@@ -186,19 +224,32 @@ pub struct TrapFallout {
 /// Counters over the registry's whole life.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Requests admitted by [`Registry::submit`] (refusals not counted).
     pub submitted: u64,
+    /// Requests finished as [`Outcome::Completed`].
     pub completed: u64,
+    /// Requests finished as [`Outcome::Drained`].
     pub drained: u64,
     /// Units of work (contexts, tasks) killed at drain deadlines.
     pub stragglers: u64,
+    /// Requests finished as [`Outcome::NoResponse`].
     pub no_response: u64,
+    /// Requests finished as [`Outcome::Failed`].
     pub failed: u64,
+    /// Times a request went back to the queue after its instance trapped
+    /// (one request may count more than once).
     pub requeued: u64,
+    /// Incoming requests refused as [`Refusal::LoopDetected`].
     pub refused_loop: u64,
+    /// Incoming requests refused as [`Refusal::Overloaded`].
     pub refused_overload: u64,
+    /// Incoming requests refused as [`Refusal::ShuttingDown`].
     pub refused_shutdown: u64,
+    /// Outgoing calls recorded with [`Registry::record_outgoing`].
     pub outgoing: u64,
+    /// Instances registered with [`Registry::add_instance`].
     pub instances_created: u64,
+    /// Instances dropped through [`Action::DropInstance`].
     pub instances_dropped: u64,
 }
 
@@ -284,10 +335,12 @@ impl Registry {
         hasher.finish()
     }
 
+    /// The limits this registry enforces, as given to [`Registry::new`].
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
+    /// Counters since the registry was created.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -329,10 +382,14 @@ impl Registry {
         self.requests.get(&request)?.instance
     }
 
+    /// Requests submitted and not finished: queued, in flight, or still
+    /// working after their response.
     pub fn live_requests(&self) -> usize {
         self.requests.len()
     }
 
+    /// Requests waiting for an instance, including ones requeued after a
+    /// trap.
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }
@@ -527,6 +584,9 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether the guest of `instance` currently asks for no more concurrent
+    /// requests (see [`Registry::set_backpressure`]); `false` for an instance
+    /// that is not live.
     pub fn has_backpressure(&self, instance: InstanceId) -> bool {
         self.instances
             .get(&instance)
@@ -546,6 +606,28 @@ impl Registry {
         if record.state == InstanceState::Active {
             record.state = InstanceState::Retiring;
         }
+        Ok(())
+    }
+
+    /// The instance `request` was started on could not start it (no room for another
+    /// request: its memory or its contexts ran out) and ran nothing of it. The request goes
+    /// back to the front of the queue for another instance, and this one is retired: it takes
+    /// no new requests and is dropped once its others are finished.
+    pub fn could_not_start(&mut self, request: RequestId) -> Result<(), RegistryError> {
+        let (record, instance) = self.started(request)?;
+        if record.responded_at.is_some() || record.outgoing > 0 {
+            return Err(RegistryError::AlreadyResponded(request));
+        }
+        let record = self.requests.get_mut(&request).expect("checked live");
+        record.instance = None;
+        record.started_at = None;
+        record.work_done = false;
+        let instance_record = self.instance_mut(instance)?;
+        instance_record.in_flight -= 1;
+        instance_record.live -= 1;
+        self.retire(instance)?;
+        self.queue.push_front(request);
+        self.stats.requeued += 1;
         Ok(())
     }
 
@@ -1062,6 +1144,34 @@ mod tests {
         assert_eq!(
             reg.validate_token(first, queued.get()),
             Err(RegistryError::NotStarted(queued))
+        );
+    }
+
+    #[test]
+    fn a_request_an_instance_could_not_start_goes_to_another_instance() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_in_flight_per_instance: 4,
+            ..small()
+        });
+        let first = reg.add_instance().unwrap();
+        let a = reg.submit([], now).unwrap();
+        let b = reg.submit([], now).unwrap();
+        settle(&mut reg, now);
+        assert_eq!(reg.instance_of(b), Some(first));
+        reg.could_not_start(b).unwrap();
+        assert!(!reg.accepts_requests(first), "retired");
+        assert_eq!(reg.stats().requeued, 1);
+        let actions = settle(&mut reg, now);
+        assert_eq!(actions[0], Action::SpawnInstance);
+        assert!(
+            matches!(actions[1], Action::Start { request, instance } if request == b && instance != first)
+        );
+        // Only a request of which nothing ran can be moved.
+        reg.record_outgoing(a).unwrap();
+        assert_eq!(
+            reg.could_not_start(a),
+            Err(RegistryError::AlreadyResponded(a))
         );
     }
 

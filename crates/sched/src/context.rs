@@ -17,6 +17,7 @@ thread_local! {
     static TASK: Cell<*const Task> = const { Cell::new(ptr::null()) };
     static ENTERED: RefCell<Vec<Arc<Shared>>> = const { RefCell::new(Vec::new()) };
     static DROPPING_FIBER: Cell<usize> = const { Cell::new(0) };
+    static DROPPING_TASK: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The worker loop running on this OS thread, if any. The pointer is valid for as long as the
@@ -89,4 +90,22 @@ pub(crate) fn set_dropping_fiber(on: bool) {
 #[inline(never)]
 pub(crate) fn is_dropping_fiber() -> bool {
     DROPPING_FIBER.with(Cell::get) > 0
+}
+
+/// Marks that this thread is dropping a task (its last reference went away) and with it the
+/// task's fiber: the task's completer must not report to a joiner, as there is none.
+#[inline(never)]
+pub(crate) fn set_dropping_task(on: bool) {
+    DROPPING_TASK.with(|d| {
+        if on {
+            d.set(d.get() + 1)
+        } else {
+            d.set(d.get() - 1)
+        }
+    });
+}
+
+#[inline(never)]
+pub(crate) fn is_dropping_task() -> bool {
+    DROPPING_TASK.with(Cell::get) > 0
 }

@@ -3,25 +3,29 @@
 //! State transitions (all by compare-and-swap, so each one happens exactly once):
 //!
 //! ```text
-//!   IDLE ──wake──▶ SCHEDULED ──worker pops──▶ RUNNING ──returns──▶ COMPLETE (terminal)
-//!    ▲                 ▲                        │  │
-//!    └────suspend(Park)┼────────────────────────┘  │ wake while running
-//!                      └──suspend(Park|Yield)── NOTIFIED ◀┘
+//!  spawn ─▶ SCHEDULED ──worker pops──▶ RUNNING ──returns──▶ COMPLETE (terminal)
+//!   IDLE ──wake──▲  ▲                    │  │
+//!    ▲              │                    │  │ wake while running
+//!    └─suspend(Park)┼────────────────────┘  │
+//!                   └─suspend(Park|Yield)── NOTIFIED ◀┘
 //! ```
 //!
 //! A task sits in at most one run queue at a time, because only the IDLE -> SCHEDULED transition
-//! (and a worker re-queueing the task it just ran) pushes it. A wake while it runs only records
-//! NOTIFIED; the worker re-queues it after the fiber has fully switched out. A wake of a COMPLETE
-//! task does nothing. Together these make "resumed from a stale queue entry" and "restarted after
-//! it finished" impossible: the two bug classes of the Io scheduler seed.
+//! (and `spawn`, which queues the only reference to a task it created SCHEDULED, and a worker
+//! re-queueing the task it just ran) pushes it. A wake while it runs only records NOTIFIED; the
+//! worker re-queues it after the fiber has fully switched out. A wake of a COMPLETE task does
+//! nothing. Together these make "resumed from a stale queue entry" and "restarted after it
+//! finished" impossible: the two bug classes of the Io scheduler seed.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
-use std::mem::ManuallyDrop;
+use std::marker::PhantomData;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
@@ -57,6 +61,10 @@ pub(crate) struct Task {
     fiber: UnsafeCell<Option<TaskFiber>>,
     /// Set by the fiber body when it starts; read only by the fiber itself.
     suspender: UnsafeCell<*const TaskSuspender>,
+    /// The result and the joiner's waker. Kept in the task (with the result's type erased)
+    /// rather than in an allocation of its own: one allocation and four reference-count
+    /// updates fewer per spawn.
+    join: JoinCell<ErasedResult>,
 }
 
 // SAFETY: `fiber` and `suspender` are only accessed by the single thread that currently owns the
@@ -192,8 +200,9 @@ impl Wake for Task {
 }
 
 impl Task {
-    /// Drops the fiber of a task that will never run again (runtime shutdown), unwinding its
-    /// stack. Only called once the workers have stopped.
+    /// Drops the fiber of a task that will never run again (runtime shutdown: once the workers
+    /// have stopped, or for a task spawned too late to be queued), unwinding its stack; its
+    /// joiner learns it was cancelled. Winning the CAS to RUNNING makes this exclusive.
     pub(crate) fn cancel(&self) {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
@@ -227,9 +236,13 @@ fn drop_unwinding(fiber: TaskFiber) {
 
 impl Drop for Task {
     fn drop(&mut self) {
-        // A task that can never be woken again (nothing holds it) is dropped unfinished.
+        // A task that can never be woken again (nothing holds it) is dropped unfinished. No
+        // `JoinHandle` is left (each holds the task), so its completer reports nothing: it
+        // must not reach this task through its pointer while `self` is borrowed mutably.
         if let Some(fiber) = self.fiber.get_mut().take() {
+            context::set_dropping_task(true);
             drop_unwinding(fiber);
+            context::set_dropping_task(false);
         }
     }
 }
@@ -237,60 +250,86 @@ impl Drop for Task {
 #[derive(Default)]
 struct RegistryShard {
     entries: Vec<Weak<Task>>,
-    compact_at: usize,
+    sweep_at: usize,
 }
+
+impl RegistryShard {
+    /// Lists a task; when the shard has doubled since its last sweep, first drops the entries
+    /// of freed tasks. Dropping such a `Weak` runs no task code (the task was dropped already),
+    /// it only frees the task's memory: sweeping a few at a time lets the allocator's
+    /// per-thread cache take that memory back while it is still warm.
+    fn push(&mut self, entry: Weak<Task>) {
+        if self.entries.len() >= self.sweep_at {
+            self.entries.retain(|w| w.strong_count() > 0);
+            self.sweep_at = (2 * self.entries.len()).max(REGISTRY_MIN_SWEEP);
+        }
+        self.entries.push(entry);
+    }
+}
+
+/// The registry shard of one worker, touched without a lock: by that worker's thread only
+/// while the workers run (the spawns of its green threads), and after they have exited by the
+/// thread shutting the runtime down.
+struct LocalShard(UnsafeCell<RegistryShard>);
+
+// SAFETY: a `LocalShard` is accessed by one thread at a time, as described above: its worker's
+// thread while the workers run, then (after joining them, which orders their accesses first)
+// the thread that shuts the runtime down. `Weak<Task>` is Send.
+unsafe impl Sync for LocalShard {}
 
 /// Every task of a runtime that may still have a fiber, so shutdown can cancel them all (tasks
 /// parked forever included) and their joiners learn they were cancelled.
 ///
-/// One shard per worker (plus one for spawns from outside), so a spawn takes an uncontended
-/// lock. Entries are never removed one by one: a shard drops the entries of finished or freed
-/// tasks in bulk when it has doubled since its last sweep (amortised O(1) per spawn; a freed
-/// task's memory is held until then).
+/// One shard per worker, used without a lock (a spawn on a worker lists the task in that
+/// worker's shard: no atomic read-modify-write), plus a locked one for spawns from outside.
+/// Entries are never removed one by one: a shard drops the entries of freed tasks in bulk when
+/// it has doubled since its last sweep (amortised O(1) per spawn; a freed task's memory is
+/// held until then, a few spawns at most while few tasks are alive).
 pub(crate) struct TaskRegistry {
-    shards: Box<[crossbeam_utils::CachePadded<Mutex<RegistryShard>>]>,
+    local: Box<[crossbeam_utils::CachePadded<LocalShard>]>,
+    outside: Mutex<RegistryShard>,
 }
 
-const REGISTRY_MIN_SWEEP: usize = 64;
+const REGISTRY_MIN_SWEEP: usize = 8;
 
 impl TaskRegistry {
     pub(crate) fn new(workers: usize) -> TaskRegistry {
         TaskRegistry {
-            shards: (0..=workers).map(|_| Default::default()).collect(),
+            local: (0..workers)
+                .map(|_| crossbeam_utils::CachePadded::new(LocalShard(UnsafeCell::default())))
+                .collect(),
+            outside: Mutex::default(),
         }
     }
 
-    /// Lists a task; `shard` is the spawning worker's index (or anything, from outside).
-    fn insert(&self, shard: usize, task: &Arc<Task>) {
-        let shard = &self.shards[shard % self.shards.len()];
+    /// Lists a task in worker `worker`'s shard, or in the shared one for `None`.
+    ///
+    /// # Safety
+    /// With `Some(index)`, the caller runs on worker `index`'s thread, while the workers run.
+    unsafe fn insert(&self, worker: Option<usize>, task: &Arc<Task>) {
         let entry = Arc::downgrade(task);
-        let stale = {
-            let mut guard = lock(shard);
-            if guard.entries.len() < guard.compact_at {
-                guard.entries.push(entry);
-                return;
-            }
-            std::mem::take(&mut guard.entries)
-        };
-        // Sweep outside the lock: dropping the temporary handles below may drop a task, and
-        // dropping an unfinished task unwinds its fiber, which may spawn.
-        let kept: Vec<Weak<Task>> = stale
-            .into_iter()
-            .filter(|w| w.upgrade().is_some_and(|t| t.state() != COMPLETE))
-            .collect();
-        let mut guard = lock(shard);
-        guard.entries.extend(kept);
-        guard.entries.push(entry);
-        guard.compact_at = (2 * guard.entries.len()).max(REGISTRY_MIN_SWEEP);
+        match worker {
+            // SAFETY: on worker `index`'s thread (the caller's contract), the only thread
+            // touching this shard now; `push` runs no task code, so nothing re-enters.
+            Some(index) => unsafe { (*self.local[index].0.get()).push(entry) },
+            None => lock(&self.outside).push(entry),
+        }
     }
 
     /// All unfinished tasks, as strong handles (the caller drops them, outside the locks).
-    pub(crate) fn snapshot(&self) -> Vec<Arc<Task>> {
+    ///
+    /// # Safety
+    /// Only once the workers have exited (joined).
+    pub(crate) unsafe fn snapshot(&self) -> Vec<Arc<Task>> {
         let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let entries = std::mem::take(&mut lock(shard).entries);
+        for shard in self.local.iter() {
+            // SAFETY: the workers exited (the caller's contract), so no other thread uses the
+            // worker shards any more; the borrow ends before the handles are filtered.
+            let entries = std::mem::take(unsafe { &mut (*shard.0.get()).entries });
             all.extend(entries.iter().filter_map(Weak::upgrade));
         }
+        let entries = std::mem::take(&mut lock(&self.outside).entries);
+        all.extend(entries.iter().filter_map(Weak::upgrade));
         all.retain(|t| t.state() != COMPLETE);
         all
     }
@@ -338,16 +377,21 @@ pub(crate) fn current_task_waker_ref() -> Option<ManuallyDrop<Waker>> {
     Some(ManuallyDrop::new(Waker::from(borrowed)))
 }
 
-/// Builds a task and its join handle. The task starts SCHEDULED, as if already woken: the caller
-/// queues the returned reference (or drops it to cancel the task).
+/// Builds a task and its join handle, listed in the registry shard of `worker`. The task starts
+/// SCHEDULED, as if already woken: the caller queues the returned reference (or drops it to
+/// cancel the task).
+///
+/// # Safety
+/// As for [`TaskRegistry::insert`]: with `Some(index)`, the caller runs on worker `index`'s
+/// thread.
 // Inlined into `Shared::spawn`, so the stack, the task and the handle are not passed through
 // memory between calls right after being written (a wide load of fields just written by
 // narrower stores cannot be forwarded from the store buffer and stalls).
 #[inline(always)]
-pub(crate) fn new_task<F, T>(
+pub(crate) unsafe fn new_task<F, T>(
     shared: &Arc<Shared>,
     id: u64,
-    registry_shard: usize,
+    worker: Option<usize>,
     stack: crate::fiber::Stack,
     body: F,
 ) -> (Arc<Task>, JoinHandle<T>)
@@ -355,56 +399,148 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let cell = Arc::new(JoinCell::new());
-    let completer = CompleteOnDrop(Some(cell.clone()));
-    let fiber = TaskFiber::with_stack(stack, move |suspender: &TaskSuspender, ()| {
-        let task = context::current_task();
-        // SAFETY: the worker set `task` to this fiber's task before resuming it; only this fiber
-        // writes `suspender`, before any user code runs.
-        unsafe { *(*task).suspender.get() = suspender as *const TaskSuspender };
-        let mut completer = completer;
-        let result = panic::catch_unwind(AssertUnwindSafe(body));
-        if !context::is_dropping_fiber() {
-            // Counted before the joiner is woken, so a joiner always sees its task counted.
-            crate::runtime::note_completed();
-        }
-        match result {
-            Ok(value) => completer.complete(Ok(value)),
-            Err(payload) if context::is_dropping_fiber() => panic::resume_unwind(payload),
-            Err(payload) => completer.complete(Err(JoinError::panicked(payload))),
+    let task = Arc::new_cyclic(|this: &Weak<Task>| {
+        let completer = CompleteOnDrop(this.as_ptr());
+        let fiber = TaskFiber::with_stack(stack, move |suspender: &TaskSuspender, ()| {
+            let task = context::current_task();
+            // SAFETY: the worker set `task` to this fiber's task before resuming it; only this fiber
+            // writes `suspender`, before any user code runs.
+            unsafe { *(*task).suspender.get() = suspender as *const TaskSuspender };
+            let mut completer = completer;
+            let result = panic::catch_unwind(AssertUnwindSafe(body));
+            if !context::is_dropping_fiber() {
+                // Counted before the joiner is woken, so a joiner always sees its task counted.
+                crate::runtime::note_completed();
+            }
+            match result {
+                Ok(value) => completer.complete(Ok(ErasedResult::new(value))),
+                Err(payload) if context::is_dropping_fiber() => panic::resume_unwind(payload),
+                Err(payload) => completer.complete(Err(JoinError::panicked(payload))),
+            }
+        });
+        Task {
+            state: AtomicU8::new(SCHEDULED),
+            unpark_token: AtomicBool::new(false),
+            id,
+            shared: shared.clone(),
+            fiber: UnsafeCell::new(Some(fiber)),
+            suspender: UnsafeCell::new(std::ptr::null()),
+            join: JoinCell::new(),
         }
     });
-    let task = Arc::new(Task {
-        state: AtomicU8::new(SCHEDULED),
-        unpark_token: AtomicBool::new(false),
-        id,
-        shared: shared.clone(),
-        fiber: UnsafeCell::new(Some(fiber)),
-        suspender: UnsafeCell::new(std::ptr::null()),
-    });
-    shared.tasks.insert(registry_shard, &task);
+    // SAFETY: the caller's contract, which is `insert`'s.
+    unsafe { shared.tasks.insert(worker, &task) };
     let handle = JoinHandle {
-        cell,
         task: task.clone(),
         id,
+        _result: PhantomData,
     };
     (task, handle)
 }
 
-/// Reports "cancelled" to the joiner if the body never completes (its fiber was dropped).
-struct CompleteOnDrop<T>(Option<Arc<JoinCell<T>>>);
+/// Completes its task's join state, once; reports "cancelled" to the joiner if the body never
+/// completes (its fiber was dropped by `Task::cancel`). Lives in the fiber's body, so it never
+/// outlives the task that owns the fiber; null once it has completed.
+struct CompleteOnDrop(*const Task);
 
-impl<T> CompleteOnDrop<T> {
-    fn complete(&mut self, result: Result<T, JoinError>) {
-        if let Some(cell) = self.0.take() {
-            cell.complete(result);
+// SAFETY: the pointer is only dereferenced to reach the task's `join`, a `JoinCell` that is
+// Sync; the task (Send + Sync) outlives this value, as described above.
+unsafe impl Send for CompleteOnDrop {}
+
+impl CompleteOnDrop {
+    // Inlined (with `JoinCell::complete` and `ErasedResult::new`) so the result is written
+    // straight into the task instead of being stored and at once reloaded with wider loads
+    // (which the store buffer cannot forward: a stall on every completion).
+    #[inline(always)]
+    fn complete(&mut self, result: Result<ErasedResult, JoinError>) {
+        let task = std::mem::replace(&mut self.0, ptr::null());
+        if !task.is_null() {
+            // SAFETY: this value lives in the fiber body owned by `task`, which is alive while
+            // its fiber runs or is dropped (by `cancel`, through a shared reference); a drop of
+            // the fiber from `Task::drop` does not come here (see `Drop` below).
+            unsafe { (*task).join.complete(result) };
         }
     }
 }
 
-impl<T> Drop for CompleteOnDrop<T> {
+impl Drop for CompleteOnDrop {
     fn drop(&mut self) {
+        if context::is_dropping_task() {
+            // `Task::drop`: no joiner is left, and the task is mutably borrowed.
+            self.0 = ptr::null();
+            return;
+        }
         self.complete(Err(JoinError::cancelled()));
+    }
+}
+
+/// A task's value with its type erased, so the join state can live in the non-generic task:
+/// inline when it fits in a few words (most results), else boxed.
+pub(crate) struct ErasedResult {
+    buf: MaybeUninit<[usize; ERASED_WORDS]>,
+    /// Drops the value in `buf`; `None` once it was taken.
+    drop_value: Option<unsafe fn(*mut u8)>,
+}
+
+const ERASED_WORDS: usize = 4;
+
+// SAFETY: an `ErasedResult` is only made (`new`) from a `T: Send`.
+unsafe impl Send for ErasedResult {}
+
+impl ErasedResult {
+    const fn fits<T>() -> bool {
+        size_of::<T>() <= size_of::<[usize; ERASED_WORDS]>()
+            && align_of::<T>() <= align_of::<usize>()
+    }
+
+    #[inline(always)]
+    fn new<T: Send + 'static>(value: T) -> ErasedResult {
+        let mut buf = MaybeUninit::<[usize; ERASED_WORDS]>::uninit();
+        let drop_value: unsafe fn(*mut u8) = if Self::fits::<T>() {
+            // SAFETY: `buf` is large and aligned enough for a `T` (checked by `fits`).
+            unsafe { buf.as_mut_ptr().cast::<T>().write(value) };
+            drop_erased::<T>
+        } else {
+            // SAFETY: a `Box` is one word, which `buf` holds and is aligned for.
+            unsafe { buf.as_mut_ptr().cast::<Box<T>>().write(Box::new(value)) };
+            drop_erased::<Box<T>>
+        };
+        ErasedResult {
+            buf,
+            drop_value: Some(drop_value),
+        }
+    }
+
+    /// The value.
+    ///
+    /// # Safety
+    /// `T` is the type this was made from.
+    unsafe fn take<T>(mut self) -> T {
+        self.drop_value = None;
+        if Self::fits::<T>() {
+            // SAFETY: made from a `T` stored inline (the caller's contract and `fits`); read
+            // once, as `drop_value` is now cleared.
+            unsafe { self.buf.as_ptr().cast::<T>().read() }
+        } else {
+            // SAFETY: as above, for the boxed case.
+            *unsafe { self.buf.as_ptr().cast::<Box<T>>().read() }
+        }
+    }
+}
+
+/// # Safety
+/// `p` points at a live `V`, dropped here once.
+unsafe fn drop_erased<V>(p: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe { p.cast::<V>().drop_in_place() }
+}
+
+impl Drop for ErasedResult {
+    fn drop(&mut self) {
+        if let Some(drop_value) = self.drop_value {
+            // SAFETY: `drop_value` matches what `new` stored in `buf`, not yet taken.
+            unsafe { drop_value(self.buf.as_mut_ptr().cast()) };
+        }
     }
 }
 
@@ -450,6 +586,7 @@ impl<T> JoinCell<T> {
     }
 
     /// Called once, by the task (or its drop).
+    #[inline(always)]
     fn complete(&self, result: Result<T, JoinError>) {
         self.result.with_mut(|slot| {
             // SAFETY: only the completer writes `result`, once (`CompleteOnDrop` takes the cell
@@ -546,21 +683,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `join()` parks only the calling fiber inside a green thread and blocks the calling OS thread
 /// elsewhere. A `JoinHandle` is also a `Future`, for async code.
 pub struct JoinHandle<T> {
-    cell: Arc<JoinCell<T>>,
-    /// Keeps a parked task alive while someone may still unpark it through `task()`.
+    /// The task, whose `join` state holds the result; also keeps a parked task alive while
+    /// someone may still unpark it through `task()`.
     task: Arc<Task>,
     id: u64,
+    /// The result's type (the handle hands a `T` over, it does not share one).
+    _result: PhantomData<fn() -> T>,
 }
 
 impl<T> JoinHandle<T> {
     /// Waits for the task and returns its value, or how it failed.
     pub fn join(self) -> Result<T, JoinError> {
+        if !self.is_finished() {
+            crate::runtime::run_inline_if_next(&self.task);
+        }
         crate::block_on(self)
     }
 
     /// True once the task's body has returned, panicked or been cancelled.
     pub fn is_finished(&self) -> bool {
-        self.cell.is_complete()
+        self.task.join.is_complete()
     }
 
     /// A handle to the task, e.g. to `unpark` it.
@@ -580,7 +722,11 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.cell.poll_join(cx)
+        self.task.join.poll_join(cx).map(|result| {
+            // SAFETY: the task was made by `new_task::<_, T>`, whose body completes the join
+            // state with values of type `T` only.
+            result.map(|value| unsafe { value.take::<T>() })
+        })
     }
 }
 
@@ -749,6 +895,53 @@ pub fn yield_now() {
         suspend_current(Suspend::Yield);
     } else {
         std::thread::yield_now();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct CountDrops(Arc<AtomicUsize>);
+
+    impl Drop for CountDrops {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn erased_results_come_back_whole_inline_or_boxed() {
+        let small = ErasedResult::new(0x1234_u16);
+        assert!(ErasedResult::fits::<u16>());
+        // SAFETY: made from a u16.
+        assert_eq!(unsafe { small.take::<u16>() }, 0x1234);
+        let big = [7u64; 9];
+        assert!(!ErasedResult::fits::<[u64; 9]>());
+        // SAFETY: made from a [u64; 9].
+        assert_eq!(unsafe { ErasedResult::new(big).take::<[u64; 9]>() }, big);
+        let text = ErasedResult::new(String::from("weft"));
+        // SAFETY: made from a String.
+        assert_eq!(unsafe { text.take::<String>() }, "weft");
+    }
+
+    #[test]
+    fn an_erased_result_never_taken_is_dropped_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        drop(ErasedResult::new(CountDrops(drops.clone())));
+        drop(ErasedResult::new((CountDrops(drops.clone()), [0u64; 8])));
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        let taken = ErasedResult::new(CountDrops(drops.clone()));
+        // SAFETY: made from a CountDrops.
+        let value = unsafe { taken.take::<CountDrops>() };
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            2,
+            "taking moves the value out"
+        );
+        drop(value);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The timer queue: one binary min-heap per runtime, shared by all workers behind a mutex, indexed
+//! The timer queue: one 4-ary min-heap per runtime, shared by all workers behind a mutex, indexed
 //! so that a cancelled timer is removed at once in O(log n) (it never fires, never wakes a worker
 //! and never delays another timer later).
 //!
@@ -46,7 +46,7 @@ struct Slot {
     waker: Option<Waker>,
 }
 
-/// An indexed binary min-heap of wakers keyed by deadline.
+/// An indexed 4-ary min-heap of wakers keyed by deadline.
 #[derive(Default)]
 pub(crate) struct TimerHeap {
     heap: Vec<HeapEntry>,
@@ -156,43 +156,54 @@ impl TimerHeap {
         waker
     }
 
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.slots[self.heap[a].slot as usize].position = a as u32;
-        self.slots[self.heap[b].slot as usize].position = b as u32;
+    /// Puts `entry` at `i` and records its position in its slot.
+    fn place(&mut self, i: usize, entry: HeapEntry) {
+        self.slots[entry.slot as usize].position = i as u32;
+        self.heap[i] = entry;
     }
 
     fn sift_up(&mut self, mut i: usize) {
+        let entry = self.heap[i];
         while i > 0 {
-            let parent = (i - 1) / 2;
-            if !self.heap[i].before(&self.heap[parent]) {
+            let parent = (i - 1) / ARITY;
+            if !entry.before(&self.heap[parent]) {
                 break;
             }
-            self.swap(i, parent);
+            self.place(i, self.heap[parent]);
             i = parent;
         }
+        self.place(i, entry);
     }
 
     fn sift_down(&mut self, mut i: usize) {
+        let entry = self.heap[i];
+        let len = self.heap.len();
         loop {
-            let left = 2 * i + 1;
-            if left >= self.heap.len() {
+            let first = ARITY * i + 1;
+            if first >= len {
                 break;
             }
-            let right = left + 1;
-            let child = if right < self.heap.len() && self.heap[right].before(&self.heap[left]) {
-                right
-            } else {
-                left
-            };
-            if !self.heap[child].before(&self.heap[i]) {
+            let mut child = first;
+            for c in first + 1..(first + ARITY).min(len) {
+                if self.heap[c].before(&self.heap[child]) {
+                    child = c;
+                }
+            }
+            if !self.heap[child].before(&entry) {
                 break;
             }
-            self.swap(i, child);
+            self.place(i, self.heap[child]);
             i = child;
         }
+        self.place(i, entry);
     }
 }
+
+/// Children per node of the timer heap. Four rather than two halves the depth, so popping an
+/// expired timer (the last entry sinks from the root to the bottom) moves half as many entries
+/// and touches half as many slots, at the cost of comparing four children per level, which sit
+/// in one or two cache lines.
+const ARITY: usize = 4;
 
 /// The runtime's clock and timer heap.
 pub(crate) struct Timers {

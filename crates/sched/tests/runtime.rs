@@ -392,3 +392,35 @@ fn public_types_are_send_and_sync_where_expected() {
     send_sync::<weft_sched::Sleep>();
     send::<weft_sched::JoinError>();
 }
+
+#[test]
+fn results_of_any_size_come_back_whether_the_child_finishes_parks_or_yields_first() {
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let outside = rt.spawn(|| [3u64; 32]).join().unwrap();
+    assert_eq!(outside, [3u64; 32]);
+    let total = rt
+        .spawn(|| {
+            let mut total = 0u64;
+            for i in 0..200u64 {
+                // Joined right after the spawn: the child is next on this worker.
+                let text = weft_sched::spawn(move || format!("{i}")).join().unwrap();
+                total += text.parse::<u64>().unwrap();
+                let big = weft_sched::spawn(move || [i; 16]).join().unwrap();
+                total += big[15];
+                let slept = weft_sched::spawn(move || {
+                    weft_sched::sleep(std::time::Duration::from_micros(10));
+                    i
+                });
+                total += slept.join().unwrap();
+                let yielded = weft_sched::spawn(move || {
+                    weft_sched::yield_now();
+                    i
+                });
+                total += yielded.join().unwrap();
+            }
+            total
+        })
+        .join()
+        .unwrap();
+    assert_eq!(total, 4 * (0..200u64).sum::<u64>());
+}

@@ -23,3 +23,5 @@ pub use body::ResponseBody;
 pub use config::{DEFAULT_MAX_BODY, Limits, ServeConfig};
 pub use error::ServeError;
 pub use server::{ServeReport, Server, ShutdownHandle};
+/// The instance policy [`ServeConfig::policy`] takes (from `weft-http-attrib`).
+pub use weft_http_attrib::Policy;

@@ -47,8 +47,12 @@ impl OpsListener {
                     if stopped.load(Ordering::Acquire) {
                         return;
                     }
-                    if let Ok(stream) = stream {
-                        let _ = answer(stream, &shared, &metrics);
+                    match stream {
+                        Ok(stream) => {
+                            let _ = answer(stream, &shared, &metrics);
+                        }
+                        // Out of descriptors and the like: back off instead of spinning.
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
             })?;

@@ -53,8 +53,7 @@ fn header_imports(header: &str) -> BTreeMap<String, (Vec<&'static str>, Vec<&'st
         let start = before
             .match_indices('\n')
             .map(|(i, _)| i + 1)
-            .filter(|&i| before[i..].starts_with("int"))
-            .last()
+            .rfind(|&i| before[i..].starts_with("int"))
             .unwrap_or(0);
         let prototype = before[start..]
             .split_whitespace()

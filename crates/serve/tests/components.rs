@@ -102,6 +102,11 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::answering_after(Duration::ZERO)
+    }
+
+    /// An upstream that waits `delay` before it answers.
+    fn answering_after(delay: Duration) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -128,6 +133,7 @@ impl Upstream {
                         .cloned()
                         .unwrap_or_default();
                     record.lock().unwrap().push((path, id));
+                    std::thread::sleep(delay);
                     let _ = stream.write_all(
                         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
                     );
@@ -206,6 +212,35 @@ fn a_p2_hello_component_is_served_by_reused_instances_one_request_at_a_time() {
     );
 }
 
+/// The ids `replies` carried, with how many calls each says it made (its body lists their
+/// statuses).
+fn calls_per_id(replies: &[Reply]) -> HashMap<String, usize> {
+    replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, 200, "{reply:?}");
+            let calls = reply.body.split_whitespace().skip(1).count();
+            assert!(
+                reply.body.split_whitespace().skip(1).all(|s| s == "200"),
+                "{reply:?}"
+            );
+            (reply.headers["weft-request-id"].clone(), calls)
+        })
+        .collect()
+}
+
+/// Every call the upstream saw carried the id of one of `expected`'s requests, each as many
+/// times as that request made calls.
+fn assert_attributed(upstream: &Upstream, expected: &HashMap<String, usize>) {
+    let seen = upstream.seen();
+    let mut counted: HashMap<String, usize> = HashMap::new();
+    for (path, id) in &seen {
+        assert!(expected.contains_key(id), "{path} carried {id:?}: {seen:?}");
+        *counted.entry(id.clone()).or_default() += 1;
+    }
+    assert_eq!(&counted, expected, "{seen:?}");
+}
+
 #[test]
 fn every_outgoing_request_carries_the_id_of_the_request_that_caused_it() {
     let upstream = Upstream::start();
@@ -213,39 +248,90 @@ fn every_outgoing_request_carries_the_id_of_the_request_that_caused_it() {
     config.policy.max_instances = 2;
     let server = Server::start(config).unwrap();
     let addr = server.local_addr();
-    let replies = concurrently(12, |i| {
-        let path = match i % 2 {
-            0 => "/sequential?n=2",
-            _ => "/concurrent?n=3",
-        };
-        request(addr, path, &[upstream.header()])
+    // Waves of concurrent requests on the same few instances: root tasks reuse the task slots
+    // of earlier, exited ones, and every call is still attributed to its own request.
+    let mut expected = HashMap::new();
+    for _wave in 0..3 {
+        let replies = concurrently(8, |i| {
+            let path = match i % 2 {
+                0 => "/sequential?n=2",
+                _ => "/concurrent?n=3",
+            };
+            request(addr, path, &[upstream.header()])
+        });
+        expected.extend(calls_per_id(&replies));
+    }
+    assert_eq!(expected.len(), 24);
+    assert_eq!(expected.values().sum::<usize>(), 60);
+    assert_attributed(&upstream, &expected);
+    let stats = server.stats();
+    assert!(stats.instances_created <= 2, "{stats:?}");
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 60, "{:?}", report.stats);
+    assert_eq!(report.stats.completed, 24, "{:?}", report.stats);
+}
+
+#[test]
+fn p2_outgoing_requests_are_attributed_too() {
+    let upstream = Upstream::start();
+    let server = Server::start(config("p2_fetch")).unwrap();
+    let addr = server.local_addr();
+    let replies = concurrently(8, |i| {
+        request(
+            addr,
+            &format!("/fetch?n={}", 1 + i % 2),
+            &[upstream.header()],
+        )
     });
-    let mut expected: HashMap<String, usize> = HashMap::new();
-    for (i, reply) in replies.iter().enumerate() {
+    let expected = calls_per_id(&replies);
+    assert_eq!(expected.values().sum::<usize>(), 12);
+    assert_attributed(&upstream, &expected);
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 12, "{:?}", report.stats);
+}
+
+#[test]
+fn a_call_back_into_the_server_with_a_live_id_is_refused_with_508() {
+    let mut config = config("p3_fetch");
+    config.policy.max_instances = 1;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let reply = request(addr, "/sequential?n=1", &[("x-upstream", addr.to_string())]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "/sequential 508\n");
+    let report = stop(server);
+    assert_eq!(report.stats.refused_loop, 1, "{:?}", report.stats);
+}
+
+#[test]
+fn per_request_instances_serve_each_request_in_a_fresh_instance() {
+    let mut config = config("p3_hello");
+    config.per_request_instance = true;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    for i in 0..3 {
+        let reply = request(addr, &format!("/fresh/{i}"), &[]);
         assert_eq!(reply.status, 200, "{reply:?}");
-        let n = if i % 2 == 0 { 2 } else { 3 };
-        assert_eq!(
-            reply
-                .body
-                .split_whitespace()
-                .filter(|s| *s == "200")
-                .count(),
-            n,
+        assert!(
+            reply.body.ends_with("(request 1 of this instance)\n"),
             "{reply:?}"
         );
-        expected.insert(reply.headers["weft-request-id"].clone(), n);
     }
-    let seen = upstream.seen();
-    assert_eq!(seen.len(), 30, "{seen:?}");
-    let mut counted: HashMap<String, usize> = HashMap::new();
-    for (path, id) in &seen {
-        assert!(expected.contains_key(id), "{path} carried {id:?}: {seen:?}");
-        *counted.entry(id.clone()).or_default() += 1;
-    }
-    assert_eq!(counted, expected);
     let report = stop(server);
-    assert_eq!(report.stats.outgoing, 30, "{:?}", report.stats);
-    assert_eq!(report.stats.completed, 12, "{:?}", report.stats);
+    assert_eq!(report.stats.instances_created, 3, "{:?}", report.stats);
+}
+
+#[test]
+fn a_spinning_handler_exhausts_its_cpu_budget_and_the_server_goes_on() {
+    let mut config = config("p3_fetch");
+    config.cpu_budget = Duration::from_millis(300);
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let reply = request(addr, "/spin", &[]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert_eq!(request(addr, "/hello", &[]).status, 200);
+    let report = stop(server);
+    assert_eq!(report.stats.failed, 1, "{:?}", report.stats);
 }
 
 #[test]
@@ -277,6 +363,25 @@ fn work_after_the_response_is_attributed_and_keeps_its_instance_alive() {
         "{:?}",
         report.stats
     );
+}
+
+#[test]
+fn work_past_the_drain_deadline_is_counted_and_its_instance_retired() {
+    let upstream = Upstream::answering_after(Duration::from_secs(5));
+    let mut config = config("p3_fetch");
+    config.policy.drain_timeout = Duration::from_millis(200);
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let reply = request(addr, "/after?n=1", &[upstream.header()]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    wait_until("the request to be drained", || server.stats().drained == 1);
+    assert_eq!(server.stats().stragglers, 1, "{:?}", server.stats());
+    wait_until("its instance to be dropped", || {
+        server.stats().instances_dropped == 1
+    });
+    assert_eq!(request(addr, "/hello", &[]).status, 200);
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 1, "{:?}", report.stats);
 }
 
 #[test]

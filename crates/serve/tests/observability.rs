@@ -337,10 +337,14 @@ fn metrics_count_a_known_workload_exactly() {
     .into_iter()
     .map(|((s, o), n)| ((s.to_string(), o.to_string()), n))
     .collect();
-    // A response can reach the client just before its request is accounted as finished.
-    wait_until("every request to be counted", || {
+    // A response can reach the client just before its request is accounted as finished, and
+    // its instance dropped.
+    wait_until("every request and instance to be counted", || {
         let (requests, samples) = scrape(metrics);
-        requests == expected && samples["weft_contexts_live"] == 0.0
+        requests == expected
+            && samples["weft_contexts_live"] == 0.0
+            && samples["weft_instances_retired_total"] >= 4.0
+            && samples["weft_instance_requests_count"] == samples["weft_instances_retired_total"]
     });
     let (requests, samples) = scrape(metrics);
     assert_eq!(requests, expected, "counted once each, no more");

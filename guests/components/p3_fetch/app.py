@@ -7,6 +7,7 @@ The upstream is the `x-upstream` header's `host:port`. Paths:
 - `/concurrent?n=N`: N calls at once (`asyncio.gather`), then the answer;
 - `/after?n=N`: the answer first, then N calls (work after the response);
 - `/trap`: the handler fails (a trap of the instance);
+- `/spin`: the handler never stops computing (until its CPU budget traps it);
 - anything else: no calls.
 The answer's body lists the status of every call made before it.
 """
@@ -29,6 +30,10 @@ class Handler(exports.Handler):
         upstream = dict(request.get_headers().copy_all()).get("x-upstream", b"").decode()
         if target.path == "/trap":
             raise RuntimeError("this handler fails on purpose")
+        if target.path == "/spin":
+            spins = 0
+            while spins >= 0:
+                spins += 1
         if target.path == "/sequential":
             statuses = [await call(upstream, f"/seq/{i}") for i in range(n)]
         elif target.path == "/concurrent":

@@ -18,7 +18,9 @@
 //!
 //! * **Producer** (spawn, wake, a worker queueing a task others can steal): pushes the task,
 //!   then [`Idle::notify_if_idle`]: fence **F1**, read `num_searching` and `num_sleeping`, and
-//!   wake one sleeper if nobody searches and someone sleeps.
+//!   wake one sleeper if nobody searches and someone sleeps. A worker firing a batch of timers
+//!   pushes every task they wake first and calls `notify_if_idle` once after the last push
+//!   (`WorkerLocal::fire_timers`): the same order, push before F1, for the whole batch.
 //! * **Worker running dry** (`WorkerLocal::idle`): [`Idle::start_searching`], steal for a bounded
 //!   while; if nothing turns up, [`Idle::prepare_park`]: join `sleepers`, leave `num_searching`,
 //!   fence **F2**; only then re-check every queue, the timers and shutdown (`has_work`). Work
@@ -329,7 +331,7 @@ impl WorkerLocal {
                 self.run_task(task);
                 return;
             }
-            let fired = shared.timers.fire_due();
+            let fired = self.fire_timers();
             if fired > 0 {
                 bump(&self.counters().timers_fired, fired as u64);
                 self.stop_searching();
@@ -406,7 +408,7 @@ impl WorkerLocal {
             bump(&self.counters().io_events, events as u64);
         }
         drop(driver);
-        let fired = shared.timers.fire_due();
+        let fired = self.fire_timers();
         bump(&self.counters().timers_fired, fired as u64);
         // Hand the driver role over: this worker is about to run tasks, and pending timers or
         // sockets need an idle worker watching them.

@@ -12,6 +12,10 @@
 //!
 //! New work wakes one sleeping worker only when no worker is already searching for work.
 //!
+//! A green thread that joins the task sitting in its worker's LIFO slot (typically the one it
+//! just spawned) runs it at once, nested in its own fiber, instead of parking until the worker
+//! has run it (`WorkerLocal::run_inline`).
+//!
 //! The parts, by concern:
 //!
 //! * this module: [`Shared`], the state every worker and handle reaches (queues, idle state,
@@ -51,7 +55,7 @@ pub use handle::{EnterGuard, Handle, Runtime, spawn};
 pub use metrics::Metrics;
 pub use worker::{consume_budget, should_yield, yield_if_needed};
 
-pub(crate) use worker::{WorkerLocal, note_completed};
+pub(crate) use worker::{WorkerLocal, note_completed, run_inline_if_next};
 
 use idle::Idle;
 use metrics::{Counters, bump};
@@ -126,6 +130,9 @@ impl Shared {
         }
     }
 
+    // Inlined into the public `spawn`s, so the closure and the handle stay in registers
+    // instead of being stored by one call and reloaded by the next right away (which stalls).
+    #[inline(always)]
     pub(crate) fn spawn<F, T>(self: &Arc<Self>, body: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -137,8 +144,10 @@ impl Shared {
             Some(w) => w.next_task_id(),
             None => NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
         };
-        let shard = worker.map_or(self.num_workers, WorkerLocal::index);
-        let (task, handle) = task::new_task(self, id, shard, stack, body);
+        let index = worker.map(WorkerLocal::index);
+        // SAFETY: `this_worker` is the worker loop running on this very thread, so with
+        // `Some(index)` we are on worker `index`'s thread.
+        let (task, handle) = unsafe { task::new_task(self, id, index, stack, body) };
         match worker {
             Some(w) => bump(&w.counters().spawned, 1),
             // Threads outside the runtime share one counter slot.
@@ -149,8 +158,8 @@ impl Shared {
             }
         }
         if self.shutdown.load(Ordering::Acquire) {
-            // Dropping the unstarted task drops its closure, which reports "cancelled".
-            drop(task);
+            // Dropping the unstarted fiber drops its closure, which reports "cancelled".
+            task.cancel();
             return Ok(handle);
         }
         // The task was created SCHEDULED (nothing else can reach it to wake it yet), so its
@@ -174,7 +183,8 @@ impl Shared {
         // Cancel every unfinished task first: that unwinds the fibers, which is what breaks the
         // reference cycles (a fiber's stack holding wakers of its own or other tasks).
         for _ in 0..8 {
-            let live = self.tasks.snapshot();
+            // SAFETY: called once the worker threads have been joined (see `shutdown`).
+            let live = unsafe { self.tasks.snapshot() };
             if live.is_empty() {
                 break;
             }

@@ -38,6 +38,9 @@ pub(crate) struct WorkerLocal {
     rng: Cell<u32>,
     budget: Cell<u32>,
     task_epoch: Cell<u64>,
+    /// Set while this worker fires a batch of timers: queueing the woken tasks leaves the
+    /// wake-up of another worker to the end of the batch (`fire_timers`).
+    defer_notify: Cell<bool>,
 }
 
 impl WorkerLocal {
@@ -72,13 +75,31 @@ impl WorkerLocal {
     pub(super) fn push_lifo(&self, task: Arc<Task>) {
         if let Some(previous) = self.lifo.replace(Some(task)) {
             self.queue.push(previous);
-            self.shared.notify_if_idle();
+            if !self.defer_notify.get() {
+                self.shared.notify_if_idle();
+            }
         }
     }
 
     pub(super) fn push_queue(&self, task: Arc<Task>) {
         self.queue.push(task);
-        self.shared.notify_if_idle();
+        if !self.defer_notify.get() {
+            self.shared.notify_if_idle();
+        }
+    }
+
+    /// Fires the due timers; returns how many. The tasks they wake are queued here, and other
+    /// workers are notified once, after the whole batch (one fence and one look at the idle
+    /// counters instead of one per task: a burst wakes thousands). That notification still
+    /// follows every push, as the sleep/wake protocol requires (see `idle.rs`).
+    pub(super) fn fire_timers(&self) -> usize {
+        self.defer_notify.set(true);
+        let fired = self.shared.timers.fire_due();
+        self.defer_notify.set(false);
+        if !self.queue.is_empty() {
+            self.shared.notify_if_idle();
+        }
+        fired
     }
 
     pub(super) fn has_local_work(&self) -> bool {
@@ -159,10 +180,7 @@ impl WorkerLocal {
 
     fn maintenance(&self) {
         let shared = &self.shared;
-        bump(
-            &self.counters().timers_fired,
-            shared.timers.fire_due() as u64,
-        );
+        bump(&self.counters().timers_fired, self.fire_timers() as u64);
         if shared.io.has_sources()
             && let Ok(mut driver) = shared.driver.try_lock()
         {
@@ -200,6 +218,37 @@ impl WorkerLocal {
         }
     }
 
+    /// Runs `task`, which was in this worker's LIFO slot (so it was next to run here anyway),
+    /// from inside the green thread that is about to join it, as a nested fiber switch: the
+    /// joiner then finds it finished and neither parks nor is woken, which saves two fiber
+    /// switches and the join hand-off. The task runs exactly as `run_task` would run it (state
+    /// machine, current task, budget and epoch); the joiner's are restored afterwards.
+    ///
+    /// It counts as a scheduling decision and as a LIFO run, so a joiner that spawns and joins
+    /// in a loop cannot keep this worker from its periodic work: a run that would land on a
+    /// maintenance or injector tick, or exceed the LIFO streak while tasks wait in the local
+    /// queue, goes through the worker loop instead.
+    fn run_inline(&self, task: Arc<Task>) {
+        let tick = self.tick.get().wrapping_add(1);
+        let streak = self.lifo_streak.get();
+        if tick.is_multiple_of(MAINTENANCE_INTERVAL)
+            || tick.is_multiple_of(INJECTOR_INTERVAL)
+            || self.check_injector_first.get()
+            || (streak >= MAX_LIFO_STREAK && !self.queue.is_empty())
+        {
+            self.lifo.set(Some(task));
+            return;
+        }
+        self.tick.set(tick);
+        self.lifo_streak.set(streak.saturating_add(1));
+        let joiner = context::current_task();
+        let (budget, epoch) = (self.budget.get(), self.task_epoch.get());
+        self.run_task(task);
+        context::set_current_task(joiner);
+        self.budget.set(budget);
+        self.task_epoch.set(epoch);
+    }
+
     // Preemption state, read by `should_yield` on the green thread running on this worker.
     fn should_yield(&self) -> bool {
         self.budget.get() == 0
@@ -208,6 +257,26 @@ impl WorkerLocal {
 
     fn consume_budget(&self, units: u32) {
         self.budget.set(self.budget.get().saturating_sub(units));
+    }
+}
+
+/// Called by a green thread about to join `task`: if `task` is the next task its worker would
+/// run (in the LIFO slot, as right after a spawn), runs it now (see `WorkerLocal::run_inline`).
+pub(crate) fn run_inline_if_next(task: &Arc<Task>) {
+    if context::current_task().is_null() {
+        return;
+    }
+    let worker = context::current_worker();
+    // SAFETY: inside a green thread WORKER was set by the `worker_main` that resumed this fiber
+    // (and is re-read here, never cached across a suspension), so it points at that live loop;
+    // the nested run below returns on this same thread before the borrow ends.
+    let Some(worker) = (unsafe { worker.as_ref() }) else {
+        return;
+    };
+    let next = worker.lifo.take();
+    match next {
+        Some(next) if Arc::ptr_eq(&next, task) => worker.run_inline(next),
+        other => worker.lifo.set(other),
     }
 }
 
@@ -236,6 +305,7 @@ pub(super) fn worker_main(shared: Arc<Shared>, index: usize, queue: Worker<Arc<T
         rng: Cell::new(0x9E37_79B9 ^ (index as u32).wrapping_mul(0x85EB_CA6B) | 1),
         budget: Cell::new(0),
         task_epoch: Cell::new(0),
+        defer_notify: Cell::new(false),
     };
     context::set_current_worker(&local);
     while !local.shared.is_shutdown() {

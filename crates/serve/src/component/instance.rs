@@ -245,13 +245,9 @@ impl Serving {
                 if let Poll::Ready(result) =
                     ComponentAttribution::poll_idle(accessor, attribution_of, cx, Instant::now())
                 {
+                    accessor.with(|mut access| access.get().cpu.all_exited());
                     match result {
                         Ok(finished) if !finished.is_empty() => {
-                            accessor.with(|mut access| {
-                                for summary in &finished {
-                                    access.get().cpu.forget(summary.request);
-                                }
-                            });
                             for summary in &finished {
                                 self.shared.finish(summary);
                             }
@@ -314,6 +310,9 @@ impl Serving {
         incoming: Arc<Incoming>,
     ) -> Option<RequestFuture<'a>> {
         let request = incoming.id;
+        if let Some(trace) = self.shared.trace.lock().unwrap().as_mut() {
+            let _ = trace.request_started(request, self.id, Instant::now());
+        }
         let started = match self.handler {
             Handler::P3(handle) => self.start_p3(accessor, handle, incoming),
             Handler::P2(handle) => self.start_p2(accessor, handle, incoming),

@@ -74,7 +74,7 @@ type SendFuture = Box<
 impl WasiHttpHooks for OutgoingHooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_result: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
@@ -93,6 +93,13 @@ impl WasiHttpHooks for OutgoingHooks {
             }
         };
         let shared = self.shared.clone();
+        if let Some(shared) = &shared
+            && let Some(incoming) = shared.requests.lock().unwrap().get(&outgoing.request)
+            && let Some(span) = &incoming.trace
+        {
+            // The call is a child of the span of the request it is attributed to.
+            span.inject(request.headers_mut());
+        }
         let (tx, rx) = futures::channel::oneshot::channel();
         weft_sched::spawn(move || {
             let label = format!("{} {}", request.method(), request.uri());

@@ -113,13 +113,18 @@ impl TaskCpu {
         }
     }
 
-    /// At an epoch tick: `Err` once the running request has used up its budget.
+    /// At an epoch tick: `Err` once the running request has used up its budget. The tick is
+    /// handled in a libcall, which the call hook reports as a host call: the request whose
+    /// code runs is the one that entered wasm last.
     pub(crate) fn check(&mut self, now: Instant) -> Result<(), (RequestId, Duration)> {
-        let Some((request, since)) = self.running else {
+        let Some(request) = self.running.map(|(r, _)| r).or(self.last_entered) else {
             return Ok(());
         };
-        let used = self.used.get(&request).copied().unwrap_or_default()
-            + now.saturating_duration_since(since);
+        let running = match self.running {
+            Some((r, since)) if r == request => now.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        };
+        let used = self.used.get(&request).copied().unwrap_or_default() + running;
         if used > self.budget {
             self.exceeded = Some(request);
             return Err((request, self.budget));
@@ -133,9 +138,10 @@ impl TaskCpu {
         self.exceeded.or(self.last_entered)
     }
 
-    /// `request` is over: its account is closed.
-    pub(crate) fn forget(&mut self, request: RequestId) {
-        self.used.remove(&request);
+    /// Every task of the store has exited: no request can run more code here, so every
+    /// account is closed (a request whose task exited unseen is closed here too).
+    pub(crate) fn all_exited(&mut self) {
+        self.used.clear();
     }
 }
 
@@ -180,7 +186,14 @@ mod tests {
             Err((a, Duration::from_millis(10)))
         );
         assert_eq!(cpu.culprit(), Some(a));
-        cpu.forget(a);
+        cpu.all_exited();
+        // Ticks arrive in a libcall, after the hook saw wasm leave: the last one in pays.
+        cpu.enter(Some(b), t0 + Duration::from_millis(30));
+        cpu.leave(t0 + Duration::from_millis(45));
+        assert_eq!(
+            cpu.check(t0 + Duration::from_millis(46)),
+            Err((b, Duration::from_millis(10)))
+        );
         // Time in no request's task is nobody's.
         cpu.enter(None, t0);
         assert_eq!(cpu.check(t0 + Duration::from_secs(60)), Ok(()));

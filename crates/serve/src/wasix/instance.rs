@@ -367,10 +367,22 @@ impl Runner {
                     .request_started(context, incoming, Instant::now());
             }
             Err(error) => {
-                // No context for it (the live-context limit): it cannot run here.
-                eprintln!("weft serve: cannot start {request}: {error}");
-                let shared = self.http().shared.clone();
-                shared.no_response(request);
+                // No context for it (the instance's memory or its context limit is used up):
+                // it cannot run here. Another instance can take it, unless this one had
+                // nothing else live (a fresh instance that cannot start one request would
+                // not do better next time).
+                let http = self.http();
+                let (id, shared) = (http.id, http.shared.clone());
+                let busy = !http.requests.is_empty();
+                eprintln!("weft serve: instance {id} cannot start {request}: {error}");
+                if !(busy && shared.registry.lock().could_not_start(request).is_ok()) {
+                    incoming.respond(
+                        &shared,
+                        plain_response(503, "the guest has no room for this request\n"),
+                    );
+                    shared.no_response(request);
+                }
+                self.retiring = true;
                 shared.pump();
             }
         }
