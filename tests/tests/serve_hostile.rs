@@ -142,29 +142,28 @@ fn soak_mixed_traffic_leaves_the_server_as_it_found_it() {
         }
         (sent, wrong)
     });
-    let hostile: Vec<_> = [
-        "/malloc",
-        "/headers",
-        "/write",
-        "/contexts",
-        "/never",
-        "/badurl",
-    ]
-    .into_iter()
-    .map(|path| {
-        thread::spawn(move || {
-            let (mut sent, mut wrong) = (0u64, Vec::new());
-            while Instant::now() < until {
-                let status = get(addr, path, &[]).status;
-                if status != 200 && !(path == "/never" && status == 504) {
-                    wrong.push((path, status));
+    let routes = std::env::var("WEFT_SOAK_ROUTES")
+        .unwrap_or_else(|_| "/malloc /headers /write /contexts /never /badurl".to_string());
+    let routes: Vec<&'static str> = routes
+        .split_whitespace()
+        .map(|route| &*Box::leak(route.to_string().into_boxed_str()))
+        .collect();
+    let hostile: Vec<_> = routes
+        .into_iter()
+        .map(|path| {
+            thread::spawn(move || {
+                let (mut sent, mut wrong) = (0u64, Vec::new());
+                while Instant::now() < until {
+                    let status = get(addr, path, &[]).status;
+                    if status != 200 && !(path == "/never" && status == 504) {
+                        wrong.push((path, status));
+                    }
+                    sent += 1;
                 }
-                sent += 1;
-            }
-            (sent, wrong)
+                (sent, wrong)
+            })
         })
-    })
-    .collect();
+        .collect();
     let (served, mut wrong) = innocent.join().unwrap();
     let mut attacks = 0;
     for thread in hostile {

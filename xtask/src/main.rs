@@ -22,6 +22,8 @@ cargo xtask <command>
   test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
                        too when the Rust aarch64 target is installed)
   bench <name>         run a side-by-side benchmark: fiber, sched, wasix, serve
+  soak [SECS]          mixed innocent and hostile traffic against `weft serve` for SECS
+                       seconds (default 60; `test` runs the same soak for 3 s)
   build-guests         build the C guests in guests/ into target/guests/, and the Python
                        wasi:http components in guests/components/ into target/guests/components/
   cc FILE.c -o OUT.wasm  compile a C file with the project's wasm toolchain and flags
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Some("test-aarch64") => aarch64::test(),
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(),
+        Some("soak") => soak(args.get(1).map_or("60", String::as_str)),
         Some("build-guests") => guests::build_all(),
         Some("cc") => guests::cc(&args[1..]),
         None | Some("help" | "-h" | "--help") => {
@@ -49,6 +52,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The soak test of `tests/tests/serve_hostile.rs`, run longer than `test` runs it.
+fn soak(secs: &str) -> Result {
+    if secs.parse::<u64>().map_or(true, |s| s == 0) {
+        return Err(format!("soak: `{secs}` is not a number of seconds above 0"));
+    }
+    guests::build_all()?;
+    let weft = util::target_dir().join("debug").join("weft");
+    run(cargo().args(["build", "-p", "weft-cli"]))?;
+    run(cargo()
+        .args(["test", "-p", "weft-e2e", "--test", "serve_hostile", "soak"])
+        .args(["--", "--nocapture"])
+        .env("WEFT_SOAK_SECS", secs)
+        .env("WEFT_BIN", weft))
 }
 
 fn test() -> Result {

@@ -153,3 +153,35 @@ fn the_library_runs_a_guest_in_process_with_captured_output() {
     );
     assert!(outcome.error.is_none());
 }
+
+#[test]
+fn size_flags_out_of_range_are_refused_with_exit_2() {
+    for (flag, value) in [
+        ("--context-stack-size", "18446744073709551615"),
+        ("--context-stack-size", "1024"),
+        ("--shadow-stack-size", "0"),
+        ("--shadow-stack-size", "18446744073709551615"),
+        ("--max-contexts", "0"),
+    ] {
+        let output = weft(&[flag, value, "guest.wasm"]);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
+        let stderr = stderr(&output);
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    for (flag, value) in [
+        ("--request-timeout", "0"),
+        ("--shutdown-timeout", "nan"),
+        ("--max-instance-memory", "18446744073709551615"),
+        ("--max-response-body", "1099511627777"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", flag, value, "guest.wasm"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
+        assert!(stderr(&output).contains(flag), "{flag} {value}");
+    }
+}

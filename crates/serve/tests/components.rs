@@ -385,6 +385,20 @@ fn work_past_the_drain_deadline_is_counted_and_its_instance_retired() {
 }
 
 #[test]
+fn a_request_that_does_not_answer_in_time_gets_504_and_the_server_goes_on() {
+    let upstream = Upstream::answering_after(Duration::from_secs(5));
+    let mut config = config("p3_fetch");
+    config.limits.request_timeout = Duration::from_millis(300);
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let reply = request(addr, "/sequential?n=1", &[upstream.header()]);
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(request(addr, "/hello", &[]).status, 200);
+    let report = stop(server);
+    assert_eq!(report.stats.stragglers, 1, "{:?}", report.stats);
+}
+
+#[test]
 fn a_trapping_request_gets_500_and_its_neighbours_are_served() {
     let upstream = Upstream::start();
     let mut config = config("p3_fetch");

@@ -26,6 +26,9 @@
 //!   fence **F2**; only then re-check every queue, the timers and shutdown (`has_work`). Work
 //!   found: [`Idle::cancel_park`]. None: block, in the driver if its lock is free, else on the
 //!   condition variable.
+//! * **Searcher that found work** ([`Idle::finish_searching`]): leave `num_searching`; if it
+//!   was the last searcher, fence **F7**, then look at every queue and, if work is left there,
+//!   `notify_if_idle`.
 //! * **Blocking in the driver**: [`Parker::enter_driver`] (`in_driver = true`, fence **F6**, take
 //!   the token: if there was one, do not poll), then `Timers::enter_driver`
 //!   (`driver_parked = true`, fence **F4**, read `earliest` for the epoll deadline).
@@ -48,8 +51,11 @@
 //!
 //! * **F1 ↔ F2**: the producer sees the sleeper (and wakes one), or the parking worker's re-check
 //!   sees the task (and does not block). A searcher the producer relied on re-checks after F2
-//!   too, when it gives up; if it finds other work instead, it is awake and reaches the task
-//!   through its own loop (delayed, not stranded).
+//!   too, when it gives up.
+//! * **F1 ↔ F7**: if that searcher finds other work instead, and is the last searcher, either the
+//!   producer sees it gone (and wakes a sleeper), or its look at the queues after F7 sees the
+//!   task and it wakes a sleeper. It cannot count on reaching the task through its own loop: the
+//!   task it found may keep its worker for good (a green thread that never yields).
 //! * **F3 ↔ F4**: the timer's inserter sees `driver_parked` (and kicks the eventfd; a kick is
 //!   sticky, so an `epoll_wait` that starts after it returns at once), or the driver's deadline
 //!   already includes the new timer.
@@ -64,7 +70,8 @@
 //! also do in the C++ model, but the fences make the argument the same everywhere, keep one
 //! weakened access from silently breaking a pair, and let loom (which models `SeqCst` accesses
 //! as acquire/release) check it as written. The model checks at the end of this file and of
-//! `timer.rs` each fail when one of their fences is weakened.
+//! `timer.rs` each fail when one of their fences is weakened (F1 ↔ F7 also fails without the
+//! searcher's last look).
 //!
 //! Extra wake-ups are harmless: a worker woken after it already found work keeps the token, its
 //! next `park` returns at once, and it searches again before sleeping.
@@ -206,10 +213,29 @@ impl Idle {
         self.num_searching.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A searcher found work or gives up without parking (shutdown); true if it was the last
-    /// searcher, which then owes a wake-up if it found more work than it can run.
+    /// A searcher gives up without parking (shutdown); true if it was the last searcher.
     pub(crate) fn stop_searching(&self) -> bool {
         self.num_searching.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+
+    /// A searcher found work and goes to run it. If it was the last searcher, producers may have
+    /// skipped waking anyone on its account (they saw it searching) while it found something
+    /// else, and the task it runs may never give its worker back: so it checks for work it
+    /// leaves behind (`more_work`: queued anywhere) and hands that over to a sleeper.
+    pub(crate) fn finish_searching(
+        &self,
+        more_work: impl FnOnce() -> bool,
+        kick_driver: impl FnOnce(),
+    ) {
+        if self.num_searching.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // F7, pairs with F1 in `notify_if_idle`: either the producer's load after F1 sees
+            // this searcher gone (and wakes a sleeper itself), or `more_work` after this fence
+            // sees the task queued before F1.
+            fence(Ordering::SeqCst);
+            if more_work() {
+                self.notify_if_idle(kick_driver);
+            }
+        }
     }
 
     /// After queueing work: wakes one sleeping worker if nobody is already looking for work.
@@ -351,11 +377,18 @@ impl WorkerLocal {
     }
 
     /// Leaves the searching state having found work; the last searcher to find work wakes
-    /// another worker if there is more of it, so parallelism ramps up.
+    /// another worker if there is more of it anywhere (see `Idle::finish_searching`), so
+    /// parallelism ramps up and nothing waits behind the task this worker is about to run.
     fn stop_searching(&self) {
-        if self.shared.idle.stop_searching() && !self.queue.is_empty() {
-            self.shared.notify_if_idle();
-        }
+        let shared = &self.shared;
+        shared.idle.finish_searching(
+            || {
+                !self.queue.is_empty()
+                    || !shared.injector.is_empty()
+                    || shared.stealers.iter().any(|s| !s.is_empty())
+            },
+            || shared.kick_driver(),
+        );
     }
 
     /// Anything that should keep this worker from blocking: queued tasks anywhere, a due timer,
@@ -659,6 +692,54 @@ mod loom_tests {
                 worker.join().unwrap();
             }
             assert!(!queued.load(Ordering::Acquire), "the task ran");
+        });
+    }
+
+    /// F1 ↔ F7: a task queued while the only searcher finds other work (which then keeps its
+    /// worker for good) and the other worker parks is handed over: the producer sees the
+    /// searcher gone and wakes the sleeper, or the searcher's last look sees the task and does.
+    /// A lost hand-over shows up as a loom deadlock (worker 0 blocked forever).
+    #[test]
+    fn loom_the_last_searcher_hands_over_work_it_leaves_behind() {
+        loom::model(|| {
+            let idle = Arc::new(Idle::new(2));
+            let queued = Arc::new(AtomicBool::new(false));
+            // Worker 1 is searching when the model starts.
+            idle.start_searching();
+            let worker0 = {
+                let (idle, queued) = (idle.clone(), queued.clone());
+                thread::spawn(move || {
+                    let has_work = || queued.load(Ordering::Acquire);
+                    loop {
+                        if has_work() {
+                            return;
+                        }
+                        idle.start_searching();
+                        if has_work() {
+                            idle.finish_searching(|| false, || {});
+                            return;
+                        }
+                        idle.prepare_park(0);
+                        if has_work() {
+                            idle.cancel_park(0);
+                            continue;
+                        }
+                        idle.parker(0).park();
+                        idle.cancel_park(0);
+                    }
+                })
+            };
+            let producer = {
+                let (idle, queued) = (idle.clone(), queued.clone());
+                thread::spawn(move || {
+                    queued.store(true, Ordering::Release);
+                    idle.notify_if_idle(|| {});
+                })
+            };
+            // Worker 1 found other work: it stops searching and never looks at the queues again.
+            idle.finish_searching(|| queued.load(Ordering::Acquire), || {});
+            producer.join().unwrap();
+            worker0.join().unwrap();
         });
     }
 

@@ -8,7 +8,7 @@
 //! Response bodies are read by a green thread per response, outside the store: a 0.2 guest
 //! writing its body blocks the store until the reader takes it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -34,8 +34,6 @@ use super::state::{ComponentState, attribution_of};
 use crate::dispatch::{Incoming, Shared};
 use crate::guest::InstanceInbox;
 
-/// Largest response body a guest may send.
-const MAX_RESPONSE_BODY: usize = 64 << 20;
 /// How long a response body may take to arrive once its head is there.
 const RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -124,11 +122,7 @@ pub(crate) fn run_instance(
     mut inbox: UnboundedReceiver<InstanceMsg>,
 ) {
     let attribution = ComponentAttribution::new(shared.registry.clone(), id);
-    let mut store = guest.new_store(
-        Some(shared.clone()),
-        Some(attribution),
-        shared.settings.cpu_budget,
-    );
+    let mut store = guest.new_store(Some(shared.clone()), Some(attribution), &shared.settings);
     let proxy = match block_in_tokio(&guest.tokio, guest.instantiate(&mut store)) {
         Ok(proxy) => proxy,
         Err(error) => {
@@ -201,6 +195,9 @@ impl Serving {
     ) -> wasmtime::Result<()> {
         let mut running: FuturesUnordered<RequestFuture<'_>> = FuturesUnordered::new();
         let mut deadlines: BTreeSet<(Instant, RequestId)> = BTreeSet::new();
+        // Requests that must answer by then (`request_timeout`), with what answers them.
+        let mut answer_by: BTreeSet<(Instant, RequestId)> = BTreeSet::new();
+        let mut unanswered: HashMap<RequestId, Arc<Incoming>> = HashMap::new();
         let mut timer: Option<(Instant, Pin<Box<weft_sched::Sleep>>)> = None;
         let mut backpressure = false;
         poll_fn(|cx| {
@@ -212,6 +209,9 @@ impl Serving {
                 }
                 match inbox.poll_next_unpin(cx) {
                     Poll::Ready(Some(InstanceMsg::Start(incoming))) => {
+                        let timeout = self.shared.settings.limits.request_timeout;
+                        answer_by.insert((Instant::now() + timeout, incoming.id));
+                        unanswered.insert(incoming.id, incoming.clone());
                         if let Some(future) = self.start(accessor, incoming) {
                             running.push(future);
                         }
@@ -259,6 +259,17 @@ impl Serving {
                 }
 
                 let now = Instant::now();
+                while let Some(&(at, request)) = answer_by.first() {
+                    if at > now {
+                        break;
+                    }
+                    answer_by.pop_first();
+                    if let Some(incoming) = unanswered.remove(&request) {
+                        self.answer_timed_out(&incoming, now);
+                    }
+                }
+                unanswered.retain(|_, incoming| !incoming.responded());
+                answer_by.retain(|(_, request)| unanswered.contains_key(request));
                 while let Some(&(at, request)) = deadlines.first() {
                     if at > now {
                         break;
@@ -266,7 +277,12 @@ impl Serving {
                     deadlines.pop_first();
                     self.drain(request, now);
                 }
-                if let Some(&(at, _)) = deadlines.first() {
+                let next = [deadlines.first(), answer_by.first()]
+                    .into_iter()
+                    .flatten()
+                    .map(|&(at, _)| at)
+                    .min();
+                if let Some(at) = next {
                     if timer.as_ref().is_none_or(|(set, _)| *set != at) {
                         let wait = at.saturating_duration_since(now);
                         timer = Some((at, Box::pin(weft_sched::Sleep::new(wait))));
@@ -282,6 +298,41 @@ impl Serving {
             }
         })
         .await
+    }
+
+    /// `incoming` did not answer within `request_timeout`: the client gets `504`, and its task,
+    /// which cannot be stopped alone, ends with the instance, which is retired.
+    fn answer_timed_out(&self, incoming: &Incoming, now: Instant) {
+        let request = incoming.id;
+        if !self.shared.registry.lock().is_live(request) {
+            return;
+        }
+        let answered = incoming.respond(
+            &self.shared,
+            crate::dispatch::plain_response(504, "the request did not answer in time\n"),
+        );
+        if !answered {
+            return;
+        }
+        eprintln!(
+            "weft serve: request {request} did not answer within {} ms: 504, its instance {} \
+             is retired",
+            self.shared.settings.limits.request_timeout.as_millis(),
+            self.id
+        );
+        let summary = {
+            let mut registry = self.shared.registry.lock();
+            let _ = registry.retire(self.id);
+            match registry.response_sent(request, now) {
+                Ok(Some(summary)) => Some(summary),
+                Ok(None) => registry.drained(request, 1, now).ok(),
+                Err(_) => None,
+            }
+        };
+        if let Some(summary) = summary {
+            self.shared.finish(&summary);
+        }
+        self.shared.pump();
     }
 
     /// The drain deadline of `request` passed while its task still runs: it is finished with
@@ -493,7 +544,8 @@ fn deliver(
 ) {
     weft_sched::spawn(move || {
         let (parts, body) = response.into_parts();
-        let mut collect = pin!(Limited::new(body, MAX_RESPONSE_BODY).collect());
+        let limit = shared.settings.limits.max_response_body;
+        let mut collect = pin!(Limited::new(body, limit).collect());
         let mut timer = pin!(weft_sched::Sleep::new(RESPONSE_BODY_TIMEOUT));
         let collected = weft_sched::block_on(poll_fn(|cx| {
             if let Poll::Ready(result) = collect.as_mut().poll(cx) {

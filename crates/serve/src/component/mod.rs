@@ -169,7 +169,7 @@ impl GuestKind for ComponentGuest {
     }
 
     fn probe(&self, shared: &Arc<Shared>) -> Result<(), String> {
-        let mut store = self.new_store(None, None, shared.settings.cpu_budget);
+        let mut store = self.new_store(None, None, &shared.settings);
         instance::block_in_tokio(&self.tokio, self.instantiate(&mut store))
             .map(drop)
             .map_err(|e| format!("{e:?}"))
@@ -192,12 +192,18 @@ impl ComponentGuest {
         &self,
         shared: Option<Arc<Shared>>,
         attribution: Option<weft_http_attrib::ComponentAttribution>,
-        budget: std::time::Duration,
+        settings: &crate::dispatch::RunSettings,
     ) -> Store<ComponentState> {
         let mut store = Store::new(
             &self.engine,
-            ComponentState::new(OutgoingHooks::new(shared), attribution, budget),
+            ComponentState::new(
+                OutgoingHooks::new(shared),
+                attribution,
+                settings.cpu_budget,
+                settings.limits.max_instance_memory,
+            ),
         );
+        store.limiter(|state| &mut state.limits);
         store.call_hook(state::call_hook);
         // Every epoch tick the running request's CPU budget is checked, and the worker is
         // shared with other green threads.

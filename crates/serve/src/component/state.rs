@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{GuestTaskId, ResourceTable};
-use wasmtime::{CallHook, StoreContextMut};
+use wasmtime::{CallHook, StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use weft_http_attrib::{ComponentAttribution, RequestId};
@@ -21,6 +21,8 @@ pub(crate) struct ComponentState {
     /// `None` only in stores that serve nothing (the instantiation probe).
     pub(crate) attribution: Option<ComponentAttribution>,
     pub(crate) cpu: TaskCpu,
+    /// Linear memory per instance (`memory.grow` beyond it fails).
+    pub(crate) limits: StoreLimits,
 }
 
 impl ComponentState {
@@ -28,6 +30,7 @@ impl ComponentState {
         hooks: OutgoingHooks,
         attribution: Option<ComponentAttribution>,
         budget: Duration,
+        max_memory: usize,
     ) -> Self {
         ComponentState {
             wasi: WasiCtxBuilder::new()
@@ -39,6 +42,7 @@ impl ComponentState {
             hooks,
             attribution,
             cpu: TaskCpu::new(budget),
+            limits: StoreLimitsBuilder::new().memory_size(max_memory).build(),
         }
     }
 
