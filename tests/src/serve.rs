@@ -430,46 +430,15 @@ impl Serve {
     /// Sends SIGTERM and waits for the process to exit: its exit code and everything it
     /// printed on stderr.
     pub fn terminate(mut self) -> (Option<i32>, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + HANG_GUARD;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weft serve did not exit after SIGTERM\n{}",
-                self.dump()
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
+        let exit = self.sigterm_and_wait();
         // The stderr reader may still be collecting the last lines.
         thread::sleep(Duration::from_millis(50));
         (exit.code(), self.dump())
     }
 
+    /// SIGTERM, then a clean drain: exit 0 and the `drained` line, which it returns.
     pub fn stop_cleanly(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + HANG_GUARD;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weft serve did not exit after SIGTERM\n{}",
-                self.dump()
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
+        let exit = self.sigterm_and_wait();
         assert_eq!(
             exit.code(),
             Some(0),
@@ -479,6 +448,26 @@ impl Serve {
         self.wait_for_line("drained line after SIGTERM", |line| {
             line.starts_with("weft serve: drained")
         })
+    }
+
+    fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft serve did not exit after SIGTERM\n{}",
+                self.dump()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

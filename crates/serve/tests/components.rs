@@ -4,13 +4,13 @@
 //! whose task made it (also after the response), traps isolated, other worlds refused.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_serve::{ServeConfig, ServeError, Server};
+
+mod support;
+use support::*;
 
 /// A built guest; fails (never skips) when it is missing.
 fn guest(name: &str) -> PathBuf {
@@ -34,135 +34,7 @@ fn guest(name: &str) -> PathBuf {
 }
 
 fn config(name: &str) -> ServeConfig {
-    let mut config = ServeConfig::new(guest(name));
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.workers = 2;
-    config.policy = weft_http_attrib::Policy::for_workers(2);
-    config.access_log = false;
-    config
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-fn request(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Reply {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    // A hang guard, not a timing check: a server that never answers fails the test.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut text = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    parse_reply(&response)
-}
-
-fn parse_reply(response: &str) -> Reply {
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-/// Runs `n` requests at once, each from its own thread.
-fn concurrently(n: usize, make: impl Fn(usize) -> Reply + Send + Sync) -> Vec<Reply> {
-    std::thread::scope(|scope| {
-        let make = &make;
-        let handles: Vec<_> = (0..n).map(|i| scope.spawn(move || make(i))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
-/// An upstream HTTP server that records the path and `weft-request-id` of every request.
-struct Upstream {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        Upstream::answering_after(Duration::ZERO)
-    }
-
-    /// An upstream that waits `delay` before it answers.
-    fn answering_after(delay: Duration) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let record = record.clone();
-                std::thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&head).to_string();
-                    let reply = parse_reply(&text);
-                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
-                    let id = reply
-                        .headers
-                        .get("weft-request-id")
-                        .cloned()
-                        .unwrap_or_default();
-                    record.lock().unwrap().push((path, id));
-                    std::thread::sleep(delay);
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    );
-                });
-            }
-        });
-        Upstream { addr, seen }
-    }
-
-    fn header(&self) -> (&'static str, String) {
-        ("x-upstream", self.addr.to_string())
-    }
-
-    fn seen(&self) -> Vec<(String, String)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn stop(server: Server) -> weft_serve::ServeReport {
-    server.shutdown_handle().shutdown();
-    server.wait().unwrap()
+    loopback(ServeConfig::new(guest(name)))
 }
 
 #[test]

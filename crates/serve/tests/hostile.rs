@@ -11,6 +11,9 @@ use std::time::Duration;
 use weft_serve::{ServeConfig, ServeError, Server};
 use weft_wasix_context::LoadError;
 
+mod support;
+use support::{loopback, stop};
+
 const GUEST: &str = r#"(module
   (import "weft_http_v1" "request_path" (func $path (param i32 i32 i32) (result i32)))
   (import "weft_http_v1" "response_status" (func $status (param i32) (result i32)))
@@ -120,12 +123,7 @@ fn write_guest(name: &str, text: &str) -> PathBuf {
 }
 
 fn config() -> ServeConfig {
-    let mut config = ServeConfig::new(write_guest("hostile.wat", GUEST));
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.workers = 2;
-    config.policy = weft_http_attrib::Policy::for_workers(2);
-    config.access_log = false;
-    config
+    loopback(ServeConfig::new(write_guest("hostile.wat", GUEST)))
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -161,11 +159,6 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map_or("", |(_, body)| body)
         .to_string();
     (status, body)
-}
-
-fn stop(server: Server) -> weft_serve::ServeReport {
-    server.shutdown_handle().shutdown();
-    server.wait().unwrap()
 }
 
 #[test]

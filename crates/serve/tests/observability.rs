@@ -8,9 +8,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_serve::{ServeConfig, ServeError, Server};
+
+mod support;
+use support::{stop, wait_until};
 
 /// Commands by the path's first letter: `e` echo the path; `q` echo the `traceparent` it got,
 /// `z` its `tracestate`; `r` GET the URL in `x-upstream` and answer with that status and
@@ -153,14 +156,6 @@ fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     try_get(addr, path, headers).unwrap_or_else(|| panic!("GET {path} on {addr} failed"))
 }
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// The request slices of a finished server's trace file, by path: their `args`.
 fn traced_requests(path: &PathBuf) -> BTreeMap<String, serde_json::Value> {
     let json: serde_json::Value =
@@ -185,11 +180,6 @@ fn traced_server(name: &str) -> (Server, PathBuf) {
     config.trace_context = true;
     config.trace = Some(trace.clone());
     (Server::start(config).unwrap(), trace)
-}
-
-fn stop(server: Server) {
-    server.shutdown_handle().shutdown();
-    server.wait().unwrap();
 }
 
 fn is_hex(text: &str, len: usize) -> bool {

@@ -3,14 +3,15 @@
 //! post-response work, override), loop detection, traps, a looping handler, malformed HTTP,
 //! backpressure, drain and shutdown.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_serve::{ServeConfig, ServeError, Server};
+
+mod support;
+use support::*;
 use weft_wasix_context::{GuestFileError, LoadError};
 
 const GUEST: &str = r#"(module
@@ -190,127 +191,7 @@ fn guest_file() -> PathBuf {
 }
 
 fn config() -> ServeConfig {
-    let mut config = ServeConfig::new(guest_file());
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.workers = 2;
-    config.policy = weft_http_attrib::Policy::for_workers(2);
-    config.access_log = false;
-    config
-}
-
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-fn request(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Reply {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    // A hang guard, not a timing check: a server that never answers fails the test.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut text = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    parse_reply(&response)
-}
-
-fn parse_reply(response: &str) -> Reply {
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-/// An upstream HTTP server that records the path and `weft-request-id` of every request.
-struct Upstream {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let record = record.clone();
-                std::thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let reply = parse_reply(&String::from_utf8_lossy(&head));
-                    let text = String::from_utf8_lossy(&head).to_string();
-                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
-                    let id = reply
-                        .headers
-                        .get("weft-request-id")
-                        .cloned()
-                        .unwrap_or_default();
-                    record.lock().unwrap().push((path, id));
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    );
-                });
-            }
-        });
-        Upstream { addr, seen }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The id the request for `path` carried, once it arrived.
-    fn wait_for(&self, path: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((_, id)) = self.seen.lock().unwrap().iter().find(|(p, _)| p == path) {
-                return id.clone();
-            }
-            assert!(Instant::now() < deadline, "upstream never saw {path}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn stop(server: Server) -> weft_serve::ServeReport {
-    server.shutdown_handle().shutdown();
-    server.wait().unwrap()
+    loopback(ServeConfig::new(guest_file()))
 }
 
 #[test]
@@ -407,60 +288,67 @@ fn post_response_work_is_kept_alive_and_attributed() {
     stop(server);
 }
 
-#[test]
-fn the_override_attributes_work_to_another_live_request() {
-    let upstream = Upstream::start();
-    let mut config = config();
-    config.policy.max_instances = 1;
-    let server = Server::start(config).unwrap();
-    let addr = server.local_addr();
-    let first = std::thread::spawn(move || request(addr, "/wait", &[]));
-    // `/wait` stores its token in a global for 300 ms; `/v` works for it meanwhile. Retry
-    // until `/wait` has started (the guest answers 500 while no token is stored).
-    let mut overridden = None;
-    for attempt in 0..200 {
-        let path = format!("/v{attempt}");
-        let reply = request(addr, "/v", &[("x-upstream", upstream.url(&path))]);
-        if reply.status == 200 {
-            overridden = Some((path, reply));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let (path, reply) = overridden.expect("the override succeeded once /wait was running");
-    let first = first.join().unwrap();
-    let carried = upstream.wait_for(&path);
-    assert_eq!(carried, first.headers["weft-request-id"]);
-    assert_ne!(carried, reply.headers["weft-request-id"]);
-    // Bad tokens and unbalanced exits are errors, not traps.
-    assert_eq!(request(addr, "/x", &[]).status, 200);
-    stop(server);
+/// What [`beside_a_waiting_request`] saw.
+struct Beside {
+    /// The reply to `/wait`, the request whose token the guest stored.
+    waiting: Reply,
+    /// The reply to the route that ran while `/wait` did.
+    reply: Reply,
+    /// The `weft-request-id` its outgoing request carried.
+    carried: String,
 }
 
-#[test]
-fn a_created_context_works_for_its_creator_even_after_switching_through_others() {
-    let upstream = Upstream::start();
-    let mut config = config();
-    config.policy.max_instances = 1;
-    let server = Server::start(config).unwrap();
+/// On a single instance, runs `/wait` (which stores its request's token in a global for
+/// 300 ms) and, meanwhile, `route` with an `x-upstream` header. `route` answers 500 while no
+/// token is stored, so it is retried until `/wait` has started.
+fn beside_a_waiting_request(route: &str, server: &Server, upstream: &Upstream) -> Beside {
     let addr = server.local_addr();
-    let first = std::thread::spawn(move || request(addr, "/wait", &[]));
-    // `/c` answers 500 until `/wait` has stored its token (the override needs a live request).
+    let waiting = std::thread::spawn(move || request(addr, "/wait", &[]));
     let mut done = None;
     for attempt in 0..200 {
-        let path = format!("/c{attempt}");
-        let reply = request(addr, "/c", &[("x-upstream", upstream.url(&path))]);
+        let path = format!("{route}{attempt}");
+        let reply = request(addr, route, &[("x-upstream", upstream.url(&path))]);
         if reply.status == 200 {
             done = Some((path, reply));
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (path, reply) = done.expect("the scenario ran once /wait was running");
-    let first = first.join().unwrap();
-    let carried = upstream.wait_for(&path);
-    assert_eq!(carried, reply.headers["weft-request-id"]);
-    assert_ne!(carried, first.headers["weft-request-id"]);
+    let (path, reply) = done.unwrap_or_else(|| panic!("{route} never ran beside /wait"));
+    Beside {
+        waiting: waiting.join().unwrap(),
+        reply,
+        carried: upstream.wait_for(&path),
+    }
+}
+
+fn single_instance_server() -> Server {
+    let mut config = config();
+    config.policy.max_instances = 1;
+    Server::start(config).unwrap()
+}
+
+#[test]
+fn the_override_attributes_work_to_another_live_request() {
+    let upstream = Upstream::start();
+    let server = single_instance_server();
+    let seen = beside_a_waiting_request("/v", &server, &upstream);
+    assert_eq!(seen.carried, seen.waiting.headers["weft-request-id"]);
+    assert_ne!(seen.carried, seen.reply.headers["weft-request-id"]);
+    // Bad tokens and unbalanced exits are errors, not traps.
+    assert_eq!(request(server.local_addr(), "/x", &[]).status, 200);
+    stop(server);
+}
+
+/// `/c` lets a helper enter `/wait`'s request, then creates a context and switches to it with
+/// no host call in between: the new context works for `/c`'s request, its creator's.
+#[test]
+fn a_created_context_works_for_its_creator_even_after_switching_through_others() {
+    let upstream = Upstream::start();
+    let server = single_instance_server();
+    let seen = beside_a_waiting_request("/c", &server, &upstream);
+    assert_eq!(seen.carried, seen.reply.headers["weft-request-id"]);
+    assert_ne!(seen.carried, seen.waiting.headers["weft-request-id"]);
     stop(server);
 }
 
