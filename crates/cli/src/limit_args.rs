@@ -35,6 +35,10 @@ pub(crate) mod contexts {
     pub(crate) fn max_contexts() -> clap::builder::RangedU64ValueParser<u64> {
         clap::value_parser!(u64).range(1..=1 << 20)
     }
+    /// `--max-live-contexts`.
+    pub(crate) fn max_live_contexts() -> clap::builder::RangedU64ValueParser<u64> {
+        clap::value_parser!(u64).range(1..=1 << 24)
+    }
     /// `--context-stack-size`: at least weft-wasix-context's minimum, at most 1 GiB.
     pub(crate) fn stack_size() -> clap::builder::RangedU64ValueParser<u64> {
         bytes(weft_wasix_context::MIN_STACK_SIZE as u64, GIB)
@@ -72,6 +76,9 @@ pub(crate) struct LimitArgs {
     /// Linear memory per instance, bytes; memory.grow beyond it fails [default: 256 MiB]
     #[arg(long, value_name = "BYTES", value_parser = bytes(64 * KIB, 4 * GIB))]
     max_instance_memory: Option<u64>,
+    /// Live contexts of all instances together; context_create beyond it fails with EAGAIN [default: from vm.max_map_count]
+    #[arg(long, value_name = "N", value_parser = contexts::max_live_contexts())]
+    max_live_contexts: Option<u64>,
     /// Linear memory of all instances together, bytes [default: 4 GiB]
     #[arg(long, value_name = "BYTES", value_parser = bytes(64 * KIB, 1 << 40))]
     memory_budget: Option<u64>,
@@ -106,6 +113,9 @@ impl LimitArgs {
             limits.max_instance_memory = size(v);
             // Retire an instance once it holds half of what it may.
             limits.retire_memory = limits.retire_memory.min(size(v) / 2);
+        }
+        if let Some(v) = self.max_live_contexts {
+            limits.max_live_contexts = size(v);
         }
         if let Some(v) = self.memory_budget {
             limits.memory_budget = size(v);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use weft_cli::run::{EXIT_LOAD_ERROR, RunOptions};
-use weft_wasix_context::ContextConfig;
+use weft_wasix_context::{ContextBudget, ContextConfig};
 
 mod limit_args;
 
@@ -99,6 +99,9 @@ struct RunArgs {
     /// Maximum live contexts per instance; `context_create` beyond it fails with EAGAIN
     #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts as u64, value_parser = contexts::max_contexts())]
     max_contexts: u64,
+    /// Live contexts that may hold a native stack; context_create beyond it fails with EAGAIN [default: from vm.max_map_count]
+    #[arg(long, value_name = "N", value_parser = contexts::max_live_contexts())]
+    max_live_contexts: Option<u64>,
     /// Native stack wasm may use in each context (and main), in bytes
     #[arg(long, value_name = "BYTES", default_value_t = ContextConfig::default().stack_size as u64, value_parser = contexts::stack_size())]
     context_stack_size: u64,
@@ -130,6 +133,9 @@ fn run(args: RunArgs) -> i32 {
         max_contexts: args.max_contexts as usize,
         stack_size: args.context_stack_size as usize,
         shadow_stack_size: args.shadow_stack_size as usize,
+        live_context_budget: args
+            .max_live_contexts
+            .map_or_else(ContextBudget::process, |n| ContextBudget::new(n as usize)),
         ..ContextConfig::default()
     });
     let mut guest_args = args.args;

@@ -162,6 +162,8 @@ fn size_flags_out_of_range_are_refused_with_exit_2() {
         ("--shadow-stack-size", "0"),
         ("--shadow-stack-size", "18446744073709551615"),
         ("--max-contexts", "0"),
+        ("--max-live-contexts", "0"),
+        ("--max-live-contexts", "18446744073709551615"),
     ] {
         let output = weft(&[flag, value, "guest.wasm"]);
         assert_eq!(output.status.code(), Some(2), "{flag} {value}");
@@ -176,6 +178,7 @@ fn size_flags_out_of_range_are_refused_with_exit_2() {
         ("--shutdown-timeout", "nan"),
         ("--max-instance-memory", "18446744073709551615"),
         ("--max-response-body", "1099511627777"),
+        ("--max-live-contexts", "0"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["serve", flag, value, "guest.wasm"])

@@ -51,11 +51,11 @@ impl Stack {
     /// (the handler's own alternate signal stack).
     pub(crate) fn map(size: usize) -> io::Result<Stack> {
         let page = page_size();
-        let usable = size
+        let len = size
             .max(Self::MIN_SIZE)
             .checked_next_multiple_of(page)
+            .and_then(|usable| usable.checked_add(page))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size overflows"))?;
-        let len = usable + page;
         // SAFETY: an anonymous private mapping at an address the kernel picks
         // aliases nothing; the result is checked below.
         let base = unsafe {
@@ -79,6 +79,9 @@ impl Stack {
         // SAFETY: the first page lies inside the mapping made above, which
         // nothing else references yet.
         if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            // Splitting off the guard needs a second mapping, which the kernel
+            // refuses at its mapping limit (ENOMEM); dropping `stack` unmaps
+            // the first one.
             return Err(io::Error::last_os_error());
         }
         Ok(stack)
@@ -263,10 +266,14 @@ struct PoolShared {
 impl StackPool {
     /// A pool; `max_cached` is raised to at least 1.
     pub fn new(config: PoolConfig) -> StackPool {
+        // Saturating: an absurd size must fail at `take` as an error, not
+        // overflow here.
+        let page = page_size();
         let stack_size = config
             .stack_size
             .max(Stack::MIN_SIZE)
-            .next_multiple_of(page_size());
+            .checked_next_multiple_of(page)
+            .unwrap_or(usize::MAX - (page - 1));
         let max_cached = config.max_cached.max(1);
         StackPool {
             shared: Arc::new(PoolShared {
@@ -444,6 +451,13 @@ mod tests {
     fn absurd_size_is_an_error_not_a_crash() {
         assert!(Stack::new(usize::MAX - 10).is_err());
         assert!(Stack::new(1 << 60).is_err());
+        let page = page_size();
+        assert!(Stack::new(usize::MAX - (page - 1)).is_err());
+        let pool = StackPool::new(PoolConfig {
+            stack_size: usize::MAX,
+            ..PoolConfig::default()
+        });
+        assert!(pool.take().is_err());
     }
 
     #[test]

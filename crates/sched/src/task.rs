@@ -15,7 +15,7 @@
 //! re-queueing the task it just ran) pushes it. A wake while it runs only records NOTIFIED; the
 //! worker re-queues it after the fiber has fully switched out. A wake of a COMPLETE task does
 //! nothing. Together these make "resumed from a stale queue entry" and "restarted after it
-//! finished" impossible: the two bug classes of the Io scheduler seed.
+//! finished" impossible: the two bug classes timer-parking schedulers commonly have.
 
 use std::any::Any;
 use std::cell::UnsafeCell;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_http_attrib::Policy;
-use weft_wasix_context::ContextConfig;
+use weft_wasix_context::{ContextBudget, ContextConfig};
 
 /// Largest request body the server reads (beyond it: `413`).
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -40,6 +40,20 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open client connections per client address; more are closed at once.
     pub max_connections_per_client: usize,
+    /// Live WASIX contexts of all instances together (each may hold a native stack: two of
+    /// the process's kernel mappings). Beyond it `context_create` fails with `EAGAIN`; an
+    /// eighth is kept for the contexts the server starts to handle requests, so guests
+    /// creating all they can still leave room for other instances' requests. Replaces
+    /// `contexts.live_context_budget`. The default is [`ContextBudget::default_limit`].
+    pub max_live_contexts: usize,
+}
+
+impl Limits {
+    /// The budget `max_live_contexts` gives, with its share for request handlers.
+    pub(crate) fn live_context_budget(&self) -> ContextBudget {
+        let limit = self.max_live_contexts;
+        ContextBudget::with_host_reserve(limit, (limit / 8).max(1))
+    }
 }
 
 impl Default for Limits {
@@ -57,6 +71,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_connections_per_client: 256,
+            max_live_contexts: ContextBudget::default_limit(),
         }
     }
 }

@@ -391,3 +391,106 @@ fn connections_are_capped_per_client() {
     assert!(served);
     stop(server);
 }
+
+/// `/C...` creates contexts until `context_create` fails and answers `200` if it failed with
+/// `EAGAIN`, with as many body bytes as it created; the contexts stay live (they are
+/// stragglers of the request). Anything else is answered `200` at once.
+const CONTEXT_HOG: &str = r#"(module
+  (import "weft_http_v1" "request_path" (func $path (param i32 i32 i32) (result i32)))
+  (import "weft_http_v1" "response_status" (func $status (param i32) (result i32)))
+  (import "weft_http_v1" "response_write" (func $write (param i32 i32) (result i32)))
+  (import "weft_http_v1" "response_finish" (func $finish (result i32)))
+  (import "wasix_32v1" "context_create" (func $create (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global (export "__stack_pointer") (mut i32) (i32.const 65536))
+  (table (export "__indirect_function_table") 2 funcref)
+  (elem (i32.const 1) $never_run)
+  (func $never_run)
+  (func (export "weft_http_handle") (local $n i32) (local $r i32)
+    (drop (call $path (i32.const 1024) (i32.const 256) (i32.const 0)))
+    (if (i32.eq (i32.load8_u (i32.const 1025)) (i32.const 67)) (then
+      (block $full
+        (loop $more
+          (local.set $r (call $create (i32.const 0) (i32.const 1)))
+          (br_if $full (local.get $r))
+          (local.set $n (i32.add (local.get $n) (i32.const 1)))
+          (br_if $more (i32.lt_u (local.get $n) (i32.const 4096)))))
+      (drop (call $status (select (i32.const 200) (i32.const 500)
+                                  (i32.eq (local.get $r) (i32.const 6)))))
+      (drop (call $write (i32.const 2048) (local.get $n)))
+      (drop (call $finish))
+      (return)))
+    (drop (call $status (i32.const 200)))
+    (drop (call $finish))))"#;
+
+/// The live-context budget is the server's, not an instance's: a guest that creates all the
+/// contexts it can gets `EAGAIN` well below its own `--max-contexts`, later creates in any
+/// instance get `EAGAIN` too, and requests (which need a handler context each) are still
+/// answered from the share kept for handlers.
+#[test]
+fn a_guest_exhausting_the_server_wide_context_budget_leaves_room_for_requests() {
+    let mut config = loopback(ServeConfig::new(write_guest(
+        "context_hog.wat",
+        CONTEXT_HOG,
+    )));
+    config.contexts.max_contexts = 1000;
+    config.limits.max_live_contexts = 64;
+    // The hogs' contexts stay live until the shutdown kills them.
+    config.policy.drain_timeout = Duration::from_secs(600);
+    config.limits.shutdown_timeout = Duration::from_millis(300);
+    config.policy.max_in_flight_per_instance = 1;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    // 64 less the eighth kept for handlers, less its own handler.
+    let (status, body) = get(addr, "/Create");
+    assert_eq!((status, body.len()), (200, 55));
+    let (status, body) = get(addr, "/Create");
+    assert_eq!((status, body.len()), (200, 0), "the budget is the server's");
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/innocent").0, 200);
+    }
+    let report = stop(server);
+    assert_eq!(report.stats.failed, 0);
+}
+
+/// `/O` moves its stack pointer below its shadow-stack region and switches to main; `/C`
+/// overwrites the bottom of its region (the canary) with its stack pointer inside and
+/// switches; anything else answers 200.
+const SHADOW_OVERFLOW_GUEST: &str = r#"(module
+  (import "weft_http_v1" "request_path" (func $path (param i32 i32 i32) (result i32)))
+  (import "weft_http_v1" "response_status" (func $status (param i32) (result i32)))
+  (import "weft_http_v1" "response_finish" (func $finish (result i32)))
+  (import "wasix_32v1" "context_switch" (func $switch (param i64) (result i32)))
+  (memory (export "memory") 2)
+  (global $sp (export "__stack_pointer") (mut i32) (i32.const 65536))
+  (table (export "__indirect_function_table") 1 funcref)
+  (func (export "weft_http_handle") (local $c i32)
+    (drop (call $path (i32.const 1024) (i32.const 256) (i32.const 0)))
+    (local.set $c (i32.load8_u (i32.const 1025)))
+    (if (i32.eq (local.get $c) (i32.const 79)) (then
+      (global.set $sp (i32.sub (global.get $sp) (i32.const 70000)))
+      (drop (call $switch (i64.const 0)))))
+    (if (i32.eq (local.get $c) (i32.const 67)) (then
+      (i32.store8 (i32.sub (global.get $sp) (i32.const 65521)) (i32.const 0))
+      (drop (call $switch (i64.const 0)))))
+    (drop (call $status (i32.const 200)))
+    (drop (call $finish))))"#;
+
+#[test]
+fn a_context_that_overflows_its_shadow_stack_fails_only_its_instance() {
+    let mut config = loopback(ServeConfig::new(write_guest(
+        "shadow_overflow.wat",
+        SHADOW_OVERFLOW_GUEST,
+    )));
+    config.policy.max_instances = 1;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(get(addr, "/ok").0, 200);
+    assert_eq!(get(addr, "/Overflow").0, 500);
+    assert_eq!(get(addr, "/ok").0, 200, "a new instance serves");
+    assert_eq!(get(addr, "/Canary").0, 500);
+    assert_eq!(get(addr, "/ok").0, 200);
+    let report = stop(server);
+    assert_eq!(report.stats.instances_created, 3);
+    assert_eq!(report.stats.failed, 2);
+}

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use wasmtime::{AsContextMut, StoreContextMut};
 
 use crate::context_future::{ContextFuture, Owner};
+use crate::shadow_stack::check_active;
 use crate::{ContextEvent, ContextId, GuestBinding, MAIN_CONTEXT, WasixContexts};
 
 /// How driving ended when no trap ended it. A returned entrypoint is reported as a value,
@@ -143,6 +144,9 @@ where
             let poll = future.poll(owner, cx);
             match poll {
                 Poll::Ready(result) => {
+                    // A request served by a context that never switches ends here: the last
+                    // chance to name an overflow instead of leaving it to the next request.
+                    let result = result.and_then(|()| Ok(check_active(&mut this.store, this.get)?));
                     this.terminate_running();
                     return Poll::Ready(result.map(|()| Ended::Returned(id)));
                 }
@@ -152,6 +156,12 @@ where
                         // Waiting on something real (I/O, an epoch yield): so are we.
                         return Poll::Pending;
                     };
+                    // Before its stack pointer is saved: a context that overflowed must not
+                    // run again, nor let anyone else run over what it overwrote.
+                    if let Err(overflow) = check_active(&mut this.store, this.get) {
+                        this.terminate_running();
+                        return Poll::Ready(Err(overflow.into()));
+                    }
                     let (_, future) = this.running.take().expect("it was just polled");
                     let sp = this.guest.stack_pointer.get(&mut this.store);
                     let state = (this.get)(this.store.data_mut());

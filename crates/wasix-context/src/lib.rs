@@ -31,8 +31,9 @@ pub use guest_file::{
     GuestFileError, LoadError, MissingImport, check_entry, check_imports, first_missing_import,
     load_core_module, read_core_module,
 };
-pub use host_stacks::PooledStacks;
-use shadow_stack::{Region, ShadowStacks, StackPointer};
+pub use host_stacks::{ContextBudget, PooledStacks};
+pub use shadow_stack::ShadowStackOverflow;
+use shadow_stack::{Region, ShadowStacks, StackPointer, check_active};
 pub use table::ContextState;
 use table::{ContextTable, SwitchPlan};
 
@@ -112,6 +113,11 @@ pub struct ContextConfig {
     /// Live contexts (suspended or terminated but not yet destroyed) per instance, main
     /// not counted. `context_create` beyond it fails with `EAGAIN`.
     pub max_contexts: usize,
+    /// Live contexts that may still need a native stack (created, not yet terminated or
+    /// destroyed), counted across every store sharing this budget; `context_create` and
+    /// [`HostContexts::spawn`] beyond it fail with `EAGAIN`. The default is the
+    /// process-wide [`ContextBudget::process`], sized from the kernel's mapping limit.
+    pub live_context_budget: ContextBudget,
     /// Bytes of linear memory given to each context as its C shadow stack.
     pub shadow_stack_size: usize,
     /// Bytes of native stack wasm frames may use in each context (and in main): wasmtime's
@@ -138,6 +144,7 @@ impl Default for ContextConfig {
     fn default() -> Self {
         ContextConfig {
             max_contexts: 16 * 1024,
+            live_context_budget: ContextBudget::process(),
             shadow_stack_size: 64 * 1024,
             stack_size: 512 * 1024,
             pooled_stacks: true,
@@ -163,7 +170,11 @@ impl ContextConfig {
         config.async_stack_size(stack);
         config.max_wasm_stack(wasm_stack);
         if self.pooled_stacks {
-            config.with_host_stack(PooledStacks::new(stack, self.max_contexts.min(1024)));
+            config.with_host_stack(PooledStacks::with_budget(
+                stack,
+                self.max_contexts.min(1024),
+                self.live_context_budget.clone(),
+            ));
         }
     }
 }
@@ -331,7 +342,7 @@ impl WasixContexts {
     /// Empty state with these limits; it binds to the first instance that uses it.
     pub fn new(config: ContextConfig) -> Self {
         WasixContexts {
-            table: ContextTable::new(config.max_contexts),
+            table: ContextTable::new(config.max_contexts, config.live_context_budget),
             shadow_stacks: ShadowStacks::new(config.shadow_stack_size),
             guest: None,
             main_stack_pointer: 0,
@@ -417,6 +428,24 @@ impl WasixContexts {
         true
     }
 
+    /// Checks that the active context's C frames stayed within its shadow-stack region: its
+    /// `__stack_pointer` inside it and the canary in its lowest 16 bytes intact. `Ok` while
+    /// main is active (main's stack is the guest's own) or before the guest created a context.
+    ///
+    /// weft checks this itself at every `context_*` call a context makes, before a context's
+    /// stack pointer is saved (a switch, a preemption) and when its entrypoint returns. Call
+    /// it also at the start of your own host functions (`get` is the projection given to
+    /// [`add_to_linker`]) and trap with the error: then a context that overflowed cannot
+    /// reach your code with memory it has overwritten. It costs a global read, two compares
+    /// and a 16-byte compare. It borrows the store, not `&self`, because reading a global
+    /// needs the store mutably.
+    pub fn check_active_shadow_stack<T: 'static>(
+        store: impl AsContextMut<Data = T>,
+        get: impl Fn(&mut T) -> &mut WasixContexts,
+    ) -> Result<(), ShadowStackOverflow> {
+        check_active(store, get)
+    }
+
     /// Removes every context and releases its region and its call stack, recording a
     /// `Destroyed` event for each (in id order). The caller holds the store and leaves it
     /// alone meanwhile (invariant 1 of `context_future`).
@@ -489,6 +518,7 @@ where
         "context_destroy",
         move |mut caller: Caller<'_, T>, id: i64| -> wasmtime::Result<i32> {
             get(caller.data_mut()).check_home()?;
+            check_active(&mut caller, get)?;
             Ok(errno_result(destroy(&mut caller, get, id as u64)))
         },
     )?;
@@ -511,6 +541,7 @@ fn context_create<T: Send + 'static>(
     get(caller.data_mut()).check_home()?;
     // An incompatible guest traps here, with the reason, instead of corrupting memory.
     let guest = binding(caller, get, |caller, name| caller.get_export(name))?;
+    check_active(&mut *caller, get)?;
     let mut store = caller.as_context_mut();
     let result = create_inner(
         &mut store,
@@ -565,8 +596,12 @@ fn create_inner<T: Send + 'static>(
             return Err(Errno::Fault);
         }
     }
-    // Argument errors first, then the resource limit, as POSIX calls do.
-    get(store.data_mut()).table.check_capacity()?;
+    // Argument errors first, then the resource limits, as POSIX calls do. The stack-budget
+    // unit is taken here, although wasmtime maps the stack only at the first resume: there
+    // a refusal could only trap. Host spawns may use the budget's host reserve.
+    let reservation = get(store.data_mut())
+        .table
+        .reserve(new_context_ptr.is_none())?;
     let mut shadow_stacks = std::mem::replace(
         &mut get(store.data_mut()).shadow_stacks,
         ShadowStacks::new(0),
@@ -575,12 +610,15 @@ fn create_inner<T: Send + 'static>(
     let state = get(store.data_mut());
     state.shadow_stacks = shadow_stacks;
     let region = region?;
-    let id = state.table.insert(Slot {
-        entrypoint: Some(entrypoint),
-        future: None,
-        saved_stack_pointer: state.shadow_stacks.top(region),
-        region: Some(region),
-    });
+    let id = state.table.insert(
+        Slot {
+            entrypoint: Some(entrypoint),
+            future: None,
+            saved_stack_pointer: state.shadow_stacks.top(region),
+            region: Some(region),
+        },
+        reservation,
+    );
     let creator = state.table.active();
     state.events.push(ContextEvent::Created {
         id,
@@ -606,7 +644,12 @@ where
 {
     let state = get(caller.data_mut());
     state.check_home()?;
-    let (from, to) = match state.table.plan_switch(target) {
+    let plan = state.table.plan_switch(target);
+    if !matches!(plan, Ok(SwitchPlan::Switch { .. })) {
+        // A real switch is checked by the driver, where the stack pointer is saved.
+        check_active(&mut caller, get)?;
+    }
+    let (from, to) = match plan {
         Err(errno) => return Ok(errno.raw()),
         Ok(SwitchPlan::NoOp) => return Ok(0),
         Ok(SwitchPlan::Switch { from, to }) => (from, to),
@@ -620,7 +663,7 @@ where
     } else {
         // A context suspends itself; the driver polling it sees the request and resumes
         // the target (saving and restoring the stack pointers).
-        state.requested_switch = Some(to);
+        get(caller.data_mut()).requested_switch = Some(to);
         SuspendOnce { suspended: false }.await;
         Ok(0)
     }

@@ -21,18 +21,41 @@
 //!   [`crate::check_module`], and at the latest at its first `context_create` (a trap
 //!   naming what is missing), never with silent corruption.
 //!
-//! As with C's main stack in wasm, nothing stops a context from overflowing its region;
-//! pick `shadow_stack_size` accordingly (default 64 KiB, like wasm-ld's main stack).
+//! - **Overflow.** Wasm has no guard pages inside linear memory, so a context whose frames
+//!   outgrow its region would silently write over the guest's heap or another context's
+//!   frames. The lowest 16 bytes of each region therefore hold a canary, written when the
+//!   region is handed out, and [`ShadowStacks::check`] (a bounds compare of the stack
+//!   pointer and a 16-byte compare of memory) runs whenever a context's stack pointer is
+//!   saved or the context calls the host. An overflow that skips over the canary and moves
+//!   the stack pointer back before the next check goes unseen, as an overflow of C's main
+//!   stack does; the check bounds the damage to one switch and names the culprit. Main's
+//!   own stack is the guest's and is not checked.
 
 use wasmtime::{AsContext, AsContextMut, Global, Memory, Mutability, Val, ValType};
 
-use crate::{Errno, IncompatibleGuest};
+use crate::{ContextId, Errno, IncompatibleGuest, MAIN_CONTEXT, WasixContexts};
 
 const WASM_PAGE: u64 = 64 * 1024;
 /// The wasm C ABI keeps the stack pointer 16-byte aligned.
 const STACK_ALIGN: u32 = 16;
+/// Written in the 16 bytes below each region: a pattern unlikely to be a pointer, a length
+/// or zeroed memory, so that frames spilling over it change it.
+const CANARY: [u8; STACK_ALIGN as usize] = *b"\xa5weft-canary!\x5a\xc3\x3c";
 
-/// A context's region: `[base, base + size)`, its stack starting at the top.
+/// The trap a context gets when its frames outgrew its shadow-stack region: its stack
+/// pointer left the region or the canary below the region was overwritten. Main receives it
+/// like any trap of a context (`weft run` exits 134).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("WASIX context {id} overflowed its shadow stack (size {size}; raise --shadow-stack-size)")]
+pub struct ShadowStackOverflow {
+    /// The context that overflowed.
+    pub id: ContextId,
+    /// Its region's size in bytes.
+    pub size: u32,
+}
+
+/// A context's region: `[base, base + size)`, its stack starting at the top and its canary
+/// in the lowest 16 bytes, so the stack proper is `[base + 16, base + size)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Region {
     pub base: u32,
@@ -49,7 +72,7 @@ pub(crate) struct ShadowStacks {
 
 impl ShadowStacks {
     pub fn new(region_size: usize) -> Self {
-        let size = (region_size.max(STACK_ALIGN as usize) as u64).div_ceil(STACK_ALIGN as u64)
+        let size = (region_size.max(2 * STACK_ALIGN as usize) as u64).div_ceil(STACK_ALIGN as u64)
             * STACK_ALIGN as u64;
         ShadowStacks {
             region_size: size.min(u32::MAX as u64 / 2) as u32,
@@ -63,16 +86,24 @@ impl ShadowStacks {
         region.base + self.region_size
     }
 
-    /// A region for a new context: a recycled one, or carved from freshly grown memory.
-    /// `ENOMEM` when the memory cannot grow (its maximum, or 4 GiB, is reached).
+    /// A region for a new context: a recycled one, or carved from freshly grown memory, its
+    /// canary (re)written. `ENOMEM` when the memory cannot grow (its maximum, or 4 GiB, is
+    /// reached).
     pub fn allocate(
         &mut self,
         mut store: impl AsContextMut,
         memory: Memory,
     ) -> Result<Region, Errno> {
-        if let Some(region) = self.free.pop() {
-            return Ok(region);
-        }
+        let region = match self.free.pop() {
+            Some(region) => region,
+            None => self.carve(&mut store, memory)?,
+        };
+        let canary = region.base as usize;
+        memory.data_mut(&mut store)[canary..canary + CANARY.len()].copy_from_slice(&CANARY);
+        Ok(region)
+    }
+
+    fn carve(&mut self, mut store: impl AsContextMut, memory: Memory) -> Result<Region, Errno> {
         let size = u64::from(self.region_size);
         if self.end - self.next < size {
             // Regions smaller than a page share the pages grown for them.
@@ -93,14 +124,63 @@ impl ShadowStacks {
         self.next += size;
         // A region never ends at 4 GiB exactly, so `top` fits in u32 (the last page is
         // shared with nothing and simply wasted in that corner case).
-        if base + size > u64::from(u32::MAX) {
+        if self.next > u64::from(u32::MAX) {
             return Err(Errno::Nomem);
         }
         Ok(Region { base: base as u32 })
     }
 
+    /// Whether context `id`, whose stack pointer is `sp`, stayed within `region`: `sp` in
+    /// `[base + 16, top]` and the canary at `base` intact in `memory` (the guest's memory).
+    /// Cheap enough for every switch: two compares and 16 bytes, no allocation.
+    pub fn check(
+        &self,
+        memory: &[u8],
+        id: ContextId,
+        region: Region,
+        sp: u32,
+    ) -> Result<(), ShadowStackOverflow> {
+        let bottom = region.base + CANARY.len() as u32;
+        let inside = sp >= bottom && sp <= self.top(region);
+        let canary = region.base as usize..bottom as usize;
+        if inside && memory.get(canary) == Some(&CANARY[..]) {
+            Ok(())
+        } else {
+            Err(ShadowStackOverflow {
+                id,
+                size: self.region_size,
+            })
+        }
+    }
+
     pub fn release(&mut self, region: Region) {
         self.free.push(region);
+    }
+}
+
+/// [`ShadowStacks::check`] of the active context as it stands: its live `__stack_pointer`
+/// and its region. `Ok` when main is active (main's stack is the guest's own) or no guest
+/// is bound yet. Called wherever a context's stack pointer is about to be saved (the
+/// driver) and at every host call a context makes.
+pub(crate) fn check_active<T: 'static>(
+    mut store: impl AsContextMut<Data = T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts,
+) -> Result<(), ShadowStackOverflow> {
+    let mut store = store.as_context_mut();
+    let state = get(store.data_mut());
+    let id = state.table.active();
+    let Some(guest) = state.guest else {
+        return Ok(());
+    };
+    if id == MAIN_CONTEXT {
+        return Ok(());
+    }
+    let sp = guest.stack_pointer.get(&mut store);
+    let (memory, data) = guest.memory.data_and_store_mut(&mut store);
+    let state = get(data);
+    match state.table.payload_mut(id).and_then(|slot| slot.region) {
+        Some(region) => state.shadow_stacks.check(memory, id, region, sp),
+        None => Ok(()),
     }
 }
 
@@ -156,6 +236,33 @@ mod tests {
         assert!(u64::from(stacks.top(b)) <= memory.data_size(&store) as u64);
         stacks.release(a);
         assert_eq!(stacks.allocate(&mut store, memory).unwrap(), a);
+    }
+
+    #[test]
+    fn check_catches_a_stack_pointer_outside_and_a_clobbered_canary() {
+        let engine = Engine::default();
+        let mut store = Store::new(&engine, ());
+        let memory = Memory::new(&mut store, MemoryType::new(1, None)).unwrap();
+        let mut stacks = ShadowStacks::new(4096);
+        let a = stacks.allocate(&mut store, memory).unwrap();
+        let top = stacks.top(a);
+        let check = |store: &Store<()>, sp| stacks.check(memory.data(store), 3, a, sp);
+        assert_eq!(check(&store, top), Ok(()));
+        assert_eq!(
+            check(&store, a.base + 16),
+            Ok(()),
+            "a full stack is no overflow"
+        );
+        let overflow = Err(ShadowStackOverflow { id: 3, size: 4096 });
+        assert_eq!(check(&store, a.base), overflow, "the canary is not stack");
+        assert_eq!(check(&store, a.base - 16), overflow);
+        assert_eq!(check(&store, top + 16), overflow);
+        memory.data_mut(&mut store)[a.base as usize + 15] ^= 1;
+        assert_eq!(check(&store, top), overflow);
+        // A recycled region gets its canary back.
+        stacks.release(a);
+        assert_eq!(stacks.allocate(&mut store, memory).unwrap(), a);
+        assert_eq!(stacks.check(memory.data(&store), 3, a, top), Ok(()));
     }
 
     #[test]

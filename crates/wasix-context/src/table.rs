@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::host_stacks::{ContextBudget, Reservation};
 use crate::{ContextId, Errno, MAIN_CONTEXT};
 
 /// The observable state of a context (the ABI's "deleted" is "not in the table").
@@ -25,6 +26,9 @@ pub enum ContextState {
 struct Entry<P> {
     state: ContextState,
     payload: P,
+    /// The context's unit of the stack budget: held while it may still need a native stack,
+    /// dropped when it terminates (its stack went back with its fiber) or leaves the table.
+    reservation: Option<Reservation>,
 }
 
 /// What a valid switch request amounts to.
@@ -62,15 +66,18 @@ pub struct ContextTable<P> {
     next_id: ContextId,
     active: ContextId,
     max_contexts: usize,
+    /// Shared with other tables (other stores): live contexts across all of them.
+    budget: ContextBudget,
 }
 
 impl<P> ContextTable<P> {
-    pub fn new(max_contexts: usize) -> Self {
+    pub fn new(max_contexts: usize, budget: ContextBudget) -> Self {
         ContextTable {
             entries: HashMap::default(),
             next_id: MAIN_CONTEXT + 1,
             active: MAIN_CONTEXT,
             max_contexts,
+            budget,
         }
     }
 
@@ -95,7 +102,7 @@ impl<P> ContextTable<P> {
     }
 
     /// `EAGAIN` when the limit of live contexts is reached.
-    pub fn check_capacity(&self) -> Result<(), Errno> {
+    fn check_capacity(&self) -> Result<(), Errno> {
         if self.entries.len() >= self.max_contexts {
             Err(Errno::Again)
         } else {
@@ -103,8 +110,16 @@ impl<P> ContextTable<P> {
         }
     }
 
-    /// Adds a suspended context. The caller checked the capacity first.
-    pub fn insert(&mut self, payload: P) -> ContextId {
+    /// The capacity check of a create, this instance's limit first, then a unit of the
+    /// shared budget: `EAGAIN` when either is used up. `for_host` may use the budget's host
+    /// reserve. The unit goes back if the create fails before [`insert`](Self::insert).
+    pub fn reserve(&self, for_host: bool) -> Result<Reservation, Errno> {
+        self.check_capacity()?;
+        self.budget.reserve(for_host).ok_or(Errno::Again)
+    }
+
+    /// Adds a suspended context holding `reservation`. The caller checked the capacity first.
+    pub fn insert(&mut self, payload: P, reservation: Reservation) -> ContextId {
         debug_assert!(self.check_capacity().is_ok());
         let id = self.next_id;
         self.next_id += 1;
@@ -113,6 +128,7 @@ impl<P> ContextTable<P> {
             Entry {
                 state: ContextState::Suspended,
                 payload,
+                reservation: Some(reservation),
             },
         );
         id
@@ -156,6 +172,9 @@ impl<P> ContextTable<P> {
         );
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.state = ContextState::Terminated;
+            // Its stack goes back with its fiber, which the caller disposes now; the
+            // context itself still counts against `max_contexts` until destroyed.
+            entry.reservation = None;
         }
         self.active = MAIN_CONTEXT;
         id
@@ -188,10 +207,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn unbudgeted<P>(max: usize) -> ContextTable<P> {
+        ContextTable::new(max, ContextBudget::new(usize::MAX))
+    }
+
+    fn add<P>(table: &mut ContextTable<P>, payload: P) -> ContextId {
+        let reservation = table.reserve(false).unwrap();
+        table.insert(payload, reservation)
+    }
+
     #[test]
     fn rules_of_the_abi() {
-        let mut table = ContextTable::new(2);
-        let a = table.insert("a");
+        let mut table = unbudgeted(2);
+        let a = add(&mut table, "a");
         assert_eq!(table.plan_switch(MAIN_CONTEXT), Ok(SwitchPlan::NoOp));
         assert_eq!(
             table.plan_switch(a),
@@ -214,15 +242,40 @@ mod tests {
 
     #[test]
     fn capacity_counts_terminated_contexts_until_destroyed() {
-        let mut table = ContextTable::new(1);
-        let a = table.insert(());
+        let mut table = unbudgeted(1);
+        let a = add(&mut table, ());
         assert_eq!(table.check_capacity(), Err(Errno::Again));
         table.switch(MAIN_CONTEXT, a);
         table.terminate_active();
         assert_eq!(table.check_capacity(), Err(Errno::Again));
         table.destroy(a).unwrap();
         assert_eq!(table.check_capacity(), Ok(()));
-        assert_ne!(table.insert(()), a, "ids are never reused");
+        assert_ne!(add(&mut table, ()), a, "ids are never reused");
+    }
+
+    #[test]
+    fn budget_is_shared_and_released_at_terminate_destroy_and_drain() {
+        let budget = ContextBudget::new(2);
+        let mut one = ContextTable::new(10, budget.clone());
+        let mut two = ContextTable::new(10, budget.clone());
+        let a = add(&mut one, ());
+        add(&mut two, ());
+        assert_eq!(two.reserve(false).unwrap_err(), Errno::Again);
+        assert_eq!(budget.reserved(), 2);
+        one.switch(MAIN_CONTEXT, a);
+        one.terminate_active();
+        assert_eq!(budget.reserved(), 1, "a terminated context needs no stack");
+        let b = add(&mut two, ());
+        assert_eq!(one.reserve(false).unwrap_err(), Errno::Again);
+        two.destroy(b).unwrap();
+        let c = add(&mut one, ());
+        assert_eq!(budget.reserved(), 2);
+        one.destroy(a).unwrap();
+        assert_eq!(budget.reserved(), 2, "a was released at terminate, once");
+        assert_eq!(two.drain().count(), 1);
+        assert_eq!(budget.reserved(), 1);
+        one.destroy(c).unwrap();
+        assert_eq!(budget.reserved(), 0);
     }
 
     /// The plain model: a list of states indexed by id, with the ABI's rules
@@ -316,12 +369,12 @@ mod tests {
     proptest! {
         #[test]
         fn table_matches_model(max in 1usize..6, ops in proptest::collection::vec(op(), 1..80)) {
-            let mut table = ContextTable::new(max);
+            let mut table = unbudgeted(max);
             let mut model = Model { states: vec![ModelState::Active], max };
             for op in ops {
                 match op {
                     Op::Create => {
-                        let got = table.check_capacity().map(|()| table.insert(()));
+                        let got = table.check_capacity().map(|()| add(&mut table, ()));
                         prop_assert_eq!(got, model.create());
                     }
                     Op::Switch(target) => {

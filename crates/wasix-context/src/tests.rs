@@ -1154,3 +1154,201 @@ fn a_table_slot_that_changes_function_is_checked_again() {
     result.unwrap();
     assert_eq!(log, [0, 28, 28, 0, 0]);
 }
+
+/// The stack budget is shared by every store naming it: contexts of one store use it up for
+/// the other (guest creates and host spawns alike get `EAGAIN`), and a destroy, a terminate
+/// or a `release_all` in either gives room back.
+#[test]
+fn a_shared_stack_budget_gives_eagain_across_stores_until_released() {
+    let budget = ContextBudget::new(2);
+    let config = ContextConfig {
+        stack_size: 256 * 1024,
+        pooled_stacks: true,
+        live_context_budget: budget.clone(),
+        ..ContextConfig::default()
+    };
+    let mut engine_config = Config::new();
+    config.configure_engine(&mut engine_config);
+    let engine = Engine::new(&engine_config).unwrap();
+    let body = r#"
+        (func $a (drop (call $switch (i64.const 0))))
+        (func $b)
+        (func (export "park") (drop (call $switch (i64.const 0))))
+        (func (export "finish"))
+        (func (export "main") (call $logi (call $create (i32.const 0) (i32.const 1))))"#;
+    let module = Module::new(&engine, header(body)).unwrap();
+    let host = HostContexts::new(contexts);
+    let mut one = store(&engine, config.clone());
+    let one_instance = block_on(linker(&engine).instantiate_async(&mut one, &module)).unwrap();
+    let mut two = store(&engine, config);
+    let two_instance = block_on(linker(&engine).instantiate_async(&mut two, &module)).unwrap();
+    let main_of = |store: &mut Store<Host>, instance: &wasmtime::Instance| {
+        let main = instance
+            .get_typed_func::<(), ()>(&mut *store, "main")
+            .unwrap();
+        block_on(main.call_async(&mut *store, ())).unwrap();
+        std::mem::take(&mut store.data_mut().log)
+    };
+
+    let parked = host.spawn(&mut one, &one_instance, "park").unwrap();
+    let finishing = host.spawn(&mut one, &one_instance, "finish").unwrap();
+    assert_eq!(
+        block_on(host.resume(&mut one, parked)).unwrap(),
+        Resumed::SwitchedToMain
+    );
+    assert_eq!(budget.reserved(), 2);
+    assert!(
+        budget.stacks_in_use() >= 1,
+        "the parked context holds its stack"
+    );
+    assert!(matches!(
+        host.spawn(&mut two, &two_instance, "park"),
+        Err(HostCallError::Errno(Errno::Again))
+    ));
+    assert_eq!(
+        main_of(&mut two, &two_instance),
+        [6],
+        "a guest create: EAGAIN"
+    );
+
+    // A context that ran to its end needs no stack any more, though it is not destroyed.
+    assert_eq!(
+        block_on(host.resume(&mut one, finishing)).unwrap(),
+        Resumed::Returned
+    );
+    assert_eq!(one.data().contexts.live_contexts(), 2);
+    assert_eq!(main_of(&mut two, &two_instance), [0]);
+    assert_eq!(main_of(&mut two, &two_instance), [6]);
+
+    host.destroy(&mut one, parked).unwrap();
+    let spawned = host.spawn(&mut two, &two_instance, "park").unwrap();
+    assert!(host.spawn(&mut one, &one_instance, "park").is_err());
+    host.release_all(&mut two).unwrap();
+    assert_eq!(budget.reserved(), 0);
+    assert_eq!(two.data().contexts.state(spawned), None);
+    assert_eq!(main_of(&mut one, &one_instance), [0]);
+    drop(one);
+    drop(two);
+    assert_eq!(budget.reserved(), 0);
+    assert_eq!(budget.stacks_in_use(), 0);
+}
+
+const OVERFLOW_OF_CONTEXT_1: &str =
+    "WASIX context 1 overflowed its shadow stack (size 65536; raise --shadow-stack-size)";
+
+fn assert_overflow_of_context_1(result: wasmtime::Result<()>) {
+    let error = result.unwrap_err();
+    let overflow = error
+        .downcast_ref::<ShadowStackOverflow>()
+        .unwrap_or_else(|| panic!("not an overflow: {error:?}"));
+    assert_eq!(overflow.to_string(), OVERFLOW_OF_CONTEXT_1);
+}
+
+#[test]
+fn a_stack_pointer_moved_below_its_region_traps_at_the_switch() {
+    let (result, log) = run(r#"
+        (func $a
+            (global.set $sp (i32.sub (global.get $sp) (i32.const 65552)))
+            (drop (call $switch (i64.const 0)))
+            (call $logi (i32.const 7)))
+        (func $b)
+        (func (export "main")
+            (drop (call $create (i32.const 0) (i32.const 1)))
+            (drop (call $switch (call $id (i32.const 0))))
+            (call $logi (i32.const 99)))
+    "#);
+    assert_overflow_of_context_1(result);
+    assert_eq!(log, [] as [i64; 0], "neither the context nor main ran on");
+}
+
+#[test]
+fn a_context_using_its_whole_shadow_stack_is_no_overflow() {
+    // The lowest 16 bytes of the region are the canary; everything above is the context's.
+    let (result, log) = run(r#"
+        (func $a
+            (global.set $sp (i32.sub (global.get $sp) (i32.const 65520)))
+            (i64.store (global.get $sp) (i64.const -1))
+            (i64.store offset=8 (global.get $sp) (i64.const -1))
+            (i64.store (i32.add (global.get $sp) (i32.const 65512)) (i64.const -1))
+            (drop (call $switch (i64.const 0)))
+            (drop (call $create (i32.const 8) (i32.const 2)))
+            (call $logi (i32.const 1))
+            (drop (call $switch (i64.const 0))))
+        (func $b)
+        (func (export "main")
+            (drop (call $create (i32.const 0) (i32.const 1)))
+            (drop (call $switch (call $id (i32.const 0))))
+            (drop (call $switch (call $id (i32.const 0))))
+            (call $logi (i32.const 99)))
+    "#);
+    result.unwrap();
+    assert_eq!(log, [1, 99]);
+}
+
+#[test]
+fn a_clobbered_canary_traps_at_the_next_switch_or_host_call() {
+    // The stack pointer stays inside; only the memory below the stack proper changed, as
+    // when a large frame was written and popped again.
+    for next in [
+        "(drop (call $switch (i64.const 0)))",
+        "(drop (call $create (i32.const 8) (i32.const 2)))",
+        "(drop (call $destroy (i64.const 99)))",
+        "(drop (call $switch (i64.const 99)))",
+    ] {
+        let (result, log) = run(&format!(
+            r#"
+            (func $a
+                (i32.store8 (i32.sub (global.get $sp) (i32.const 65521)) (i32.const 0))
+                {next}
+                (call $logi (i32.const 7)))
+            (func $b)
+            (func (export "main")
+                (drop (call $create (i32.const 0) (i32.const 1)))
+                (drop (call $switch (call $id (i32.const 0))))
+                (call $logi (i32.const 99)))
+            "#
+        ));
+        assert_overflow_of_context_1(result);
+        assert_eq!(log, [] as [i64; 0], "after {next}");
+    }
+}
+
+#[test]
+fn a_host_driven_context_that_overflowed_fails_when_it_returns() {
+    let body = r#"
+        (func $a)
+        (func $b)
+        (func (export "handle")
+            (i64.store (i32.sub (global.get $sp) (i32.const 65536)) (i64.const 0)))
+        (func (export "main"))"#;
+    let engine = engine();
+    let module = Module::new(&engine, header(body)).unwrap();
+    let mut store = store(&engine, ContextConfig::default());
+    let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
+    let host = HostContexts::new(contexts);
+    let id = host.spawn(&mut store, &instance, "handle").unwrap();
+    assert_eq!(
+        WasixContexts::check_active_shadow_stack(&mut store, contexts),
+        Ok(()),
+        "main's stack is never checked"
+    );
+    let error = block_on(host.resume(&mut store, id)).unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<ShadowStackOverflow>(),
+        Some(&ShadowStackOverflow {
+            id,
+            size: 64 * 1024
+        })
+    );
+    assert_eq!(
+        store.data().contexts.state(id),
+        Some(ContextState::Terminated)
+    );
+    // Its region is recycled with a fresh canary: the next request is fine.
+    host.destroy(&mut store, id).unwrap();
+    let next = host.spawn(&mut store, &instance, "main").unwrap();
+    assert_eq!(
+        block_on(host.resume(&mut store, next)).unwrap(),
+        Resumed::Returned
+    );
+}

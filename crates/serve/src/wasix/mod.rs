@@ -1,7 +1,8 @@
 //! WASIX core modules as HTTP guests: each request runs as a WASIX context of a reused
 //! instance, and the guest talks HTTP through the `weft_http_v1` imports
-//! (`docs/weft-http-abi.md`). Instances are green threads ([`instance`]); which context runs
-//! when is the [`scheduler`]'s business; the imports live in [`imports`], one file per area.
+//! (`docs/weft-http-abi.md`). Instances are green threads (`instance.rs`); which context runs
+//! when is the scheduler's business (`scheduler.rs`); the imports live in `imports/`, one file
+//! per area.
 
 mod fetch_client;
 mod imports;
@@ -48,6 +49,9 @@ impl WasixGuest {
         let path = &config.wasm;
         let mut contexts = config.contexts.clone();
         contexts.record_events = true;
+        // One budget for every instance of the server: each instance's own `max_contexts`
+        // cannot stop many instances together from exhausting the process's mappings.
+        contexts.live_context_budget = config.limits.live_context_budget();
         let mut engine_config = Config::new();
         contexts.configure_engine(&mut engine_config);
         engine_config.epoch_interruption(true);

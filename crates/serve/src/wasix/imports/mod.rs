@@ -17,7 +17,7 @@ use wasmtime::{Caller, Engine, Extern, FuncType, Linker};
 use weft_http_attrib::{Attribution, RequestId};
 use weft_wasix_context::{Errno, WasixContexts};
 
-use super::state::{HostState, InstanceHttp};
+use super::state::{HostState, InstanceHttp, contexts_of};
 
 /// The import module of the ABI.
 pub const IMPORT_MODULE: &str = "weft_http_v1";
@@ -66,6 +66,9 @@ fn with_guest<R>(
     caller: &mut Caller<'_, HostState>,
     f: impl FnOnce(&mut [u8], &mut InstanceHttp, &WasixContexts) -> R,
 ) -> wasmtime::Result<R> {
+    // A context whose C frames outgrew its region must not reach the host with memory it has
+    // overwritten: it traps here instead.
+    WasixContexts::check_active_shadow_stack(&mut *caller, contexts_of)?;
     let memory = caller
         .get_export("memory")
         .and_then(Extern::into_memory)

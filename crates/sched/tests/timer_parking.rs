@@ -1,6 +1,7 @@
-//! The scenarios of the Io scheduler seed (a VM that parks coroutines on a timer queue instead of
-//! busy-yielding, and the two bugs that exposed), as tests without timing assertions: progress
-//! is measured in polls and worker wake-ups, and waits are bounded only to detect hangs.
+//! A VM that parks coroutines on a timer queue instead of busy-yielding, and the two bug classes
+//! such schedulers commonly have (a finished coroutine stranding its starter; a coroutine woken
+//! while already queued resumed from a stale entry), as tests without timing assertions:
+//! progress is measured in polls and worker wake-ups, and waits are bounded only to detect hangs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -117,7 +118,7 @@ fn cancelled_sleeps_cost_nothing_later() {
 
 use std::future::Future;
 
-/// Seed bug 1: a coroutine that finished after the coroutine that started it had already
+/// Bug class 1: a coroutine that finished after the coroutine that started it had already
 /// finished stranded every parked coroutine. Here parents finish first, children later, and
 /// unrelated parked tasks must all still complete.
 #[test]
@@ -161,7 +162,7 @@ fn tasks_finishing_after_their_spawner_strand_nobody() {
     }
 }
 
-/// Seed bug 2: a coroutine woken while already queued left a stale run-queue entry, and resuming
+/// Bug class 2: a coroutine woken while already queued left a stale run-queue entry, and resuming
 /// it after it finished restarted its body. Here tasks are woken many times over while running,
 /// yielding, parked and after they finished; each body runs exactly once and no finished task is
 /// ever polled again.
