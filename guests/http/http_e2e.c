@@ -26,6 +26,7 @@
  * Any other path is 404. A handler reports its fetch results in its body
  * ("<route> status=S ...") and answers 502 when a fetch did not come back 200.
  */
+// xtask-flag: -mexec-model=reactor
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -327,4 +328,3 @@ WEFT_HTTP_HANDLER void handle(void) {
   }
 }
 
-int main(void) { return 0; }

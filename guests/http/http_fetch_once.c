@@ -4,6 +4,7 @@
  * status in the body. Measures the round trip through `fetch`: the calling context suspends
  * while the host does the I/O, and the instance's other requests run meanwhile.
  */
+// xtask-flag: -mexec-model=reactor
 #include <stdio.h>
 #include <weft/http.h>
 
@@ -28,4 +29,3 @@ WEFT_HTTP_HANDLER void handle(void) {
   respond(status == 200 ? 200 : 502, body);
 }
 
-int main(void) { return 0; }

@@ -2,6 +2,7 @@
  * The trivial handler of `cargo xtask bench serve`: 200 with a short body, no host call beyond
  * writing the response. What the server costs per request, with nothing else in the way.
  */
+// xtask-flag: -mexec-model=reactor
 #include <weft/http.h>
 
 WEFT_HTTP_HANDLER void handle(void) {
@@ -11,5 +12,3 @@ WEFT_HTTP_HANDLER void handle(void) {
   weft_http_response_finish();
 }
 
-/* `weft serve` does not run main; the wasi toolchain wants one to link a program. */
-int main(void) { return 0; }

@@ -15,6 +15,7 @@
  *   /spin               registers a wait, then spins until /flag is called, then waits
  *   /flag               raises the flag /spin waits for
  */
+// xtask-flag: -mexec-model=reactor
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,4 +150,3 @@ WEFT_HTTP_HANDLER void handle(void) {
   } else respond(404, "no such route\n");
 }
 
-int main(void) { return 0; }

@@ -302,6 +302,13 @@ impl Serve {
         cmd.arg("serve")
             .arg(guest(guest_name))
             .args(["--listen", "127.0.0.1:0"])
+            // Tests hold requests open on purpose and CI machines are slow: the answer
+            // deadline is left to the tests that are about it.
+            .args(if flags.contains(&"--request-timeout") {
+                &[][..]
+            } else {
+                &["--request-timeout", "600"][..]
+            })
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

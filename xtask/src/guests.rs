@@ -114,9 +114,16 @@ pub fn cc(args: &[String]) -> Result {
         extra.push("-o".into());
         extra.push(wasm_name(Path::new(first_c)).into());
     }
+    // The sources' own `// xtask-flag:` lines apply here too (an HTTP guest asks to be a
+    // reactor), so a user's file builds as `cargo xtask build-guests` would build it.
+    let mut directives = Vec::new();
+    for source in args.iter().filter(|a| a.ends_with(".c")) {
+        let text = fs::read_to_string(source).map_err(|e| format!("cannot read {source}: {e}"))?;
+        directives.extend(extra_flags(&text));
+    }
     let toolchain = toolchain::find_or_install()?;
     let mut cmd = toolchain.command();
-    cmd.args(&extra);
+    cmd.args(&directives).args(&extra);
     let output = run_captured(&mut cmd)?;
     if !output.is_empty() {
         eprint!("{output}");
@@ -170,6 +177,7 @@ fn compile_one(toolchain: &Toolchain, source: &Path, output: &Path) -> Result {
         fs::read_to_string(source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
     let mut cmd = toolchain.command_omitting(&omitted_flags(&text));
     cmd.args(PROJECT_WARNING_FLAGS)
+        .args(extra_flags(&text))
         .arg(source)
         .arg("-o")
         .arg(&temporary);
@@ -195,6 +203,16 @@ fn omitted_flags(source_text: &str) -> Vec<String> {
     source_text
         .lines()
         .filter_map(|line| line.trim().strip_prefix("// xtask-omit-flag:"))
+        .map(|flag| flag.trim().to_string())
+        .collect()
+}
+
+/// Flags a guest's source adds to the standard ones (`// xtask-flag: FLAG` lines), e.g.
+/// `-mexec-model=reactor` for an HTTP guest, whose exports the host calls without `_start`.
+fn extra_flags(source_text: &str) -> Vec<String> {
+    source_text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("// xtask-flag:"))
         .map(|flag| flag.trim().to_string())
         .collect()
 }
@@ -299,6 +317,10 @@ mod tests {
         let text = "/* x */\n// xtask-omit-flag: -Wl,--export-table\nint x;\n  // xtask-omit-flag:  -O2 \n";
         assert_eq!(omitted_flags(text), ["-Wl,--export-table", "-O2"]);
         assert!(omitted_flags("// xtask-omit-flag is not a directive\n").is_empty());
+        assert_eq!(
+            extra_flags("// xtask-flag: -mexec-model=reactor\nint x;\n"),
+            ["-mexec-model=reactor"]
+        );
     }
 
     #[test]

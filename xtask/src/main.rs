@@ -22,6 +22,7 @@ cargo xtask <command>
   test-aarch64         test the aarch64 context switch under qemu (C harness; crate tests
                        too when the Rust aarch64 target is installed)
   bench <name>         run a side-by-side benchmark: fiber, sched, wasix, serve
+                       (`serve wasix` or `serve components` runs one half; `serve --help`)
   soak [SECS]          mixed innocent and hostile traffic against `weft serve` for SECS
                        seconds (default 60; `test` runs the same soak for 3 s)
   build-guests         build the C guests in guests/ into target/guests/, and the Python

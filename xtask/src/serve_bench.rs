@@ -37,9 +37,11 @@
 //! on all of them alike; each figure is the median of its rounds. A run in which wrk saw a
 //! failed request (non-2xx, a socket error, a timeout), nothing answered, or a server exited,
 //! fails the bench instead of printing figures; every server is killed at the end.
-//! Options: `--duration SECS` (measured seconds per run, default 5), `--rounds N` and
-//! `--connections N` (default 64). `WEFT_BIN=<path>` serves with that `weft` binary instead of
-//! building the release one.
+//! Options: `--duration SECS` (measured seconds per run, default 5), `--rounds N`,
+//! `--connections N` (default 64), and `--weft-flags "FLAGS"`, flags added to `weft serve` in
+//! the components suite (as `"--max-requests 1000000"`, to compare reuse without a limit on
+//! both sides). `WEFT_BIN=<path>` serves with that `weft` binary instead of building the
+//! release one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -119,6 +121,8 @@ struct Options {
     duration: Duration,
     rounds: usize,
     connections: usize,
+    /// Added to `weft serve`'s flags in the components suite.
+    weft_flags: Vec<String>,
 }
 
 /// One server configuration under test.
@@ -268,8 +272,9 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
             command
         };
         let best = if p3 { PEER_BEST_P3 } else { PEER_BEST_P2 };
+        let weft_flags: Vec<&str> = options.weft_flags.iter().map(String::as_str).collect();
         for (server, command) in [
-            ("weft", weft_command(weft, &wasm, &[])),
+            ("weft", weft_command(weft, &wasm, &weft_flags)),
             ("wasmtime", peer_command(&[])),
             ("wasmtime_best", peer_command(best)),
         ] {
@@ -382,6 +387,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         duration: Duration::from_secs(5),
         rounds: 3,
         connections: 64,
+        weft_flags: Vec::new(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -397,10 +403,17 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--duration" => options.duration = Duration::from_secs(value("--duration")?),
             "--rounds" => options.rounds = value("--rounds")? as usize,
             "--connections" => options.connections = value("--connections")? as usize,
+            "--weft-flags" => {
+                let flags = args.next().ok_or("--weft-flags needs a value")?;
+                options
+                    .weft_flags
+                    .extend(flags.split_whitespace().map(String::from));
+            }
             other => {
                 return Err(format!(
                     "bench serve: unexpected `{other}` (usage: cargo xtask bench serve \
-                     [wasix|components] [--duration SECS] [--rounds N] [--connections N])"
+                     [wasix|components] [--duration SECS] [--rounds N] [--connections N] \
+                     [--weft-flags \"FLAGS\"])"
                 ));
             }
         }
@@ -765,6 +778,31 @@ mod tests {
     fn medians_of_odd_and_even_counts() {
         assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
         assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+    }
+
+    #[test]
+    fn suites_and_options_are_parsed() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let options = parse_options(&args(&[
+            "components",
+            "--rounds",
+            "2",
+            "--weft-flags",
+            "--max-requests 1000",
+        ]))
+        .unwrap();
+        assert!(options.suite == Suite::Components);
+        assert_eq!(options.rounds, 2);
+        assert_eq!(options.weft_flags, ["--max-requests", "1000"]);
+        assert!(parse_options(&args(&[])).unwrap().suite == Suite::All);
+        assert!(parse_options(&args(&["wasix"])).unwrap().suite == Suite::Wasix);
+        assert!(parse_options(&args(&["wasix", "components"])).is_err());
+        assert!(parse_options(&args(&["--weft-flags"])).is_err());
+    }
+
+    #[test]
+    fn a_missing_peer_is_an_error() {
+        assert!(peer_version(Path::new("/nonexistent/wasmtime")).is_err());
     }
 
     #[test]

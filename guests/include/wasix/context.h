@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <wasi/api.h>
 
 #ifdef __cplusplus
@@ -27,6 +28,17 @@ extern "C" {
 #endif
 
 /* Opaque identifier of a context, valid only in the instance that created it. */
+/* The host grows linear memory for each context's shadow stack. wasi-libc's allocator takes,
+ * at its first malloc, all memory below the current size as heap (older releases do; newer
+ * ones stop at `__heap_end`), so a first malloc after a context exists would hand out that
+ * context's stack. Allocating once in a constructor, before any context exists, makes the
+ * allocator start first; the host's later growth is then never taken for heap. (`volatile`:
+ * a compiler may otherwise drop a malloc whose block is only freed.) */
+__attribute__((constructor)) static void wasix_context_start_allocator_(void) {
+  void *volatile block = malloc(1);
+  free(block);
+}
+
 typedef uint64_t __wasi_context_id_t;
 typedef __wasi_context_id_t wasix_context_id_t;
 

@@ -40,6 +40,12 @@
 extern "C" {
 #endif
 
+/* Build HTTP guests as reactors (`-mexec-model=reactor`, no `main`): the host instantiates
+ * them, runs `_initialize` (the constructors) once, then calls the handler for each request.
+ *
+ * (<wasix/context.h> starts the C allocator in a constructor: in a reactor that runs in
+ * `_initialize`, before the host creates any context, as it must.) */
+
 /* Put before the handler's definition: exports it under the name the host looks for. */
 #define WEFT_HTTP_HANDLER __attribute__((export_name("weft_http_handle")))
 
