@@ -6,33 +6,35 @@ use weft_wasix_context::Errno;
 
 use super::memory::{guest_slice, read_into, ret};
 use super::{IMPORT_MODULE, current, with_guest};
+use crate::dispatch::Incoming;
 use crate::wasix::state::HostState;
 
+/// Adds `name(buf, cap, offset)`: a read of what `field` picks from the caller's request.
+fn add_read(
+    linker: &mut Linker<HostState>,
+    name: &str,
+    field: fn(&Incoming) -> &[u8],
+) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        IMPORT_MODULE,
+        name,
+        move |mut caller: Caller<'_, HostState>, buf: i32, cap: i32, offset: i32| {
+            with_guest(&mut caller, |memory, http, contexts| {
+                ret(current(http, contexts).and_then(|request| {
+                    let incoming = http.requests[&request].incoming.clone();
+                    read_into(memory, buf, cap, offset, field(&incoming))
+                }))
+            })
+        },
+    )?;
+    Ok(())
+}
+
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        IMPORT_MODULE,
-        "request_method",
-        |mut caller: Caller<'_, HostState>, buf: i32, cap: i32, offset: i32| {
-            with_guest(&mut caller, |memory, http, contexts| {
-                ret(current(http, contexts).and_then(|request| {
-                    let incoming = http.requests[&request].incoming.clone();
-                    read_into(memory, buf, cap, offset, incoming.method.as_bytes())
-                }))
-            })
-        },
-    )?;
-    linker.func_wrap(
-        IMPORT_MODULE,
-        "request_path",
-        |mut caller: Caller<'_, HostState>, buf: i32, cap: i32, offset: i32| {
-            with_guest(&mut caller, |memory, http, contexts| {
-                ret(current(http, contexts).and_then(|request| {
-                    let incoming = http.requests[&request].incoming.clone();
-                    read_into(memory, buf, cap, offset, incoming.path.as_bytes())
-                }))
-            })
-        },
-    )?;
+    add_read(linker, "request_method", |incoming| {
+        incoming.method.as_bytes()
+    })?;
+    add_read(linker, "request_path", |incoming| incoming.path.as_bytes())?;
     linker.func_wrap(
         IMPORT_MODULE,
         "request_header",
@@ -54,17 +56,6 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             })
         },
     )?;
-    linker.func_wrap(
-        IMPORT_MODULE,
-        "request_body",
-        |mut caller: Caller<'_, HostState>, buf: i32, cap: i32, offset: i32| {
-            with_guest(&mut caller, |memory, http, contexts| {
-                ret(current(http, contexts).and_then(|request| {
-                    let incoming = http.requests[&request].incoming.clone();
-                    read_into(memory, buf, cap, offset, &incoming.body)
-                }))
-            })
-        },
-    )?;
+    add_read(linker, "request_body", |incoming| &incoming.body)?;
     Ok(())
 }
