@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use wasmtime::{AsContextMut, StoreContextMut};
 
 use crate::context_future::{ContextFuture, Owner};
-use crate::shadow_stack::check_active;
+use crate::shadow_stack::{check_active, check_active_at};
 use crate::{ContextEvent, ContextId, GuestBinding, MAIN_CONTEXT, WasixContexts};
 
 /// How driving ended when no trap ended it. A returned entrypoint is reported as a value,
@@ -158,12 +158,12 @@ where
                     };
                     // Before its stack pointer is saved: a context that overflowed must not
                     // run again, nor let anyone else run over what it overwrote.
-                    if let Err(overflow) = check_active(&mut this.store, this.get) {
+                    let sp = this.guest.stack_pointer.get(&mut this.store);
+                    if let Err(overflow) = check_active_at(&mut this.store, this.get, sp) {
                         this.terminate_running();
                         return Poll::Ready(Err(overflow.into()));
                     }
                     let (_, future) = this.running.take().expect("it was just polled");
-                    let sp = this.guest.stack_pointer.get(&mut this.store);
                     let state = (this.get)(this.store.data_mut());
                     let slot = state
                         .table

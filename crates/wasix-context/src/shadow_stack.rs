@@ -176,6 +176,25 @@ pub(crate) fn check_active<T: 'static>(
         return Ok(());
     }
     let sp = guest.stack_pointer.get(&mut store);
+    check_active_at(store, get, sp)
+}
+
+/// [`check_active`] with the active context's `__stack_pointer` already read (`sp`): the
+/// driver reads it once, to check it and then to save it.
+pub(crate) fn check_active_at<T: 'static>(
+    mut store: impl AsContextMut<Data = T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts,
+    sp: u32,
+) -> Result<(), ShadowStackOverflow> {
+    let mut store = store.as_context_mut();
+    let state = get(store.data_mut());
+    let id = state.table.active();
+    let Some(guest) = state.guest else {
+        return Ok(());
+    };
+    if id == MAIN_CONTEXT {
+        return Ok(());
+    }
     let (memory, data) = guest.memory.data_and_store_mut(&mut store);
     let state = get(data);
     match state.table.payload_mut(id).and_then(|slot| slot.region) {
