@@ -70,9 +70,12 @@ pub(crate) struct LimitArgs {
     /// Open client connections per client address [default: 256]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_connections_per_client: Option<u64>,
-    /// Response body bytes a guest may buffer per request [default: 16 MiB]
-    #[arg(long, value_name = "BYTES", value_parser = bytes(0, GIB))]
+    /// Response body bytes a guest may write per request in all; response_write beyond it: EMSGSIZE [default: 16 MiB]
+    #[arg(long, value_name = "BYTES", value_parser = bytes(0, 1 << 40))]
     max_response_body: Option<u64>,
+    /// Response body bytes the host holds per request; a larger body streams to the client and the guest waits for it to read [default: 256 KiB]
+    #[arg(long, value_name = "BYTES", value_parser = bytes(1, GIB))]
+    response_buffer: Option<u64>,
     /// Linear memory per instance, bytes; memory.grow beyond it fails [default: 256 MiB]
     #[arg(long, value_name = "BYTES", value_parser = bytes(64 * KIB, 4 * GIB))]
     max_instance_memory: Option<u64>,
@@ -108,6 +111,9 @@ impl LimitArgs {
         }
         if let Some(v) = self.max_response_body {
             limits.max_response_body = size(v);
+        }
+        if let Some(v) = self.response_buffer {
+            limits.response_buffer = size(v);
         }
         if let Some(v) = self.max_instance_memory {
             limits.max_instance_memory = size(v);

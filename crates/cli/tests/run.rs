@@ -178,6 +178,7 @@ fn size_flags_out_of_range_are_refused_with_exit_2() {
         ("--shutdown-timeout", "nan"),
         ("--max-instance-memory", "18446744073709551615"),
         ("--max-response-body", "1099511627777"),
+        ("--response-buffer", "0"),
         ("--max-live-contexts", "0"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_weft"))

@@ -14,9 +14,13 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// them controls is bounded here (`docs/SECURITY.md` lists each limit and what happens at it).
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Response body bytes a guest may buffer per request (`response_write` beyond it:
-    /// `EMSGSIZE`).
+    /// Response body bytes a guest may write per request in all (`response_write` beyond
+    /// it: `EMSGSIZE`).
     pub max_response_body: usize,
+    /// Response body bytes the host holds per request: a draft growing past it goes out as
+    /// a streamed response, and a guest writing faster than its client reads gets `EAGAIN`
+    /// (and waits on `response_writable`) once this much is unread.
+    pub response_buffer: usize,
     /// Response headers per request (`response_header` beyond it: `EMSGSIZE`).
     pub max_response_headers: usize,
     /// Bytes of response header names and values per request.
@@ -60,6 +64,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_response_body: 16 << 20,
+            response_buffer: 256 << 10,
             max_response_headers: 128,
             max_response_header_bytes: 64 << 10,
             max_instance_memory: 256 << 20,

@@ -16,7 +16,7 @@ use weft_http_attrib::{
 };
 use weft_sched::Sender;
 
-use crate::body::ResponseBody;
+use crate::body::{BodyStream, ResponseBody};
 use crate::guest::{GuestKind, InstanceInbox};
 
 /// A request as the server holds it until it is finished: what the guest reads, and where the
@@ -37,14 +37,37 @@ pub(crate) struct Incoming {
 impl Incoming {
     /// Sends the response (once; later calls do nothing). Returns whether it was sent now.
     pub(crate) fn respond(&self, shared: &Shared, response: Response<Bytes>) -> bool {
+        let (parts, bytes) = response.into_parts();
+        self.respond_with(
+            || ResponseBody::new(bytes, shared.open_responses.clone()),
+            parts,
+        )
+    }
+
+    /// Sends a response whose body streams from `stream` as its writer fills it (once).
+    pub(crate) fn respond_streaming(
+        &self,
+        shared: &Shared,
+        parts: http::response::Parts,
+        stream: Arc<BodyStream>,
+    ) -> bool {
+        self.respond_with(
+            || ResponseBody::streamed(stream, shared.open_responses.clone()),
+            parts,
+        )
+    }
+
+    fn respond_with(
+        &self,
+        body: impl FnOnce() -> ResponseBody,
+        parts: http::response::Parts,
+    ) -> bool {
         let Some(responder) = self.responder.lock().unwrap().take() else {
             return false;
         };
-        *self.status.lock().unwrap() = Some(response.status().as_u16());
-        let (parts, bytes) = response.into_parts();
-        let body = ResponseBody::new(bytes, shared.open_responses.clone());
+        *self.status.lock().unwrap() = Some(parts.status.as_u16());
         // The connection may be gone (client hung up): nothing to do then.
-        let _ = responder.try_send(Response::from_parts(parts, body));
+        let _ = responder.try_send(Response::from_parts(parts, body()));
         true
     }
 

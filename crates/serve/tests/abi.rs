@@ -110,7 +110,7 @@ fn the_header_declares_exactly_the_imports_the_host_provides() {
             )
         })
         .collect();
-    assert_eq!(provided.len(), 22, "the host provides 22 imports");
+    assert_eq!(provided.len(), 23, "the host provides 23 imports");
     assert_eq!(declared, provided);
 }
 

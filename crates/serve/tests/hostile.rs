@@ -198,6 +198,8 @@ fn a_host_panic_in_an_instance_fails_only_that_instance() {
 fn a_response_body_is_capped_and_the_guest_told() {
     let mut config = config();
     config.limits.max_response_body = 1 << 20;
+    // Held whole (a larger body would stream: `tests/streaming.rs`).
+    config.limits.response_buffer = 2 << 20;
     let server = Server::start(config).unwrap();
     let addr = server.local_addr();
     let (status, body) = get(addr, "/Write");

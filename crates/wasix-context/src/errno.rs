@@ -37,6 +37,9 @@ pub enum Errno {
     /// Memory cannot grow to hold what was asked (a context's shadow stack).
     #[error("out of memory (ENOMEM)")]
     Nomem = 48,
+    /// The other end is gone (the client of a streamed response hung up).
+    #[error("broken pipe (EPIPE)")]
+    Pipe = 64,
     /// An outgoing request timed out.
     #[error("timed out (ETIMEDOUT)")]
     Timedout = 73,
@@ -44,7 +47,7 @@ pub enum Errno {
 
 impl Errno {
     /// Every errno, in numeric order.
-    pub const ALL: [Errno; 11] = [
+    pub const ALL: [Errno; 12] = [
         Errno::Again,
         Errno::Already,
         Errno::Badf,
@@ -55,6 +58,7 @@ impl Errno {
         Errno::Msgsize,
         Errno::Noent,
         Errno::Nomem,
+        Errno::Pipe,
         Errno::Timedout,
     ];
 
@@ -76,6 +80,7 @@ impl Errno {
             Errno::Msgsize => "EMSGSIZE",
             Errno::Noent => "ENOENT",
             Errno::Nomem => "ENOMEM",
+            Errno::Pipe => "EPIPE",
             Errno::Timedout => "ETIMEDOUT",
         }
     }

@@ -18,6 +18,7 @@
 #define WEFT_EMSGSIZE 35
 #define WEFT_ENOENT 44
 #define WEFT_ENOMEM 48
+#define WEFT_EPIPE 64
 #define WEFT_ETIMEDOUT 73
 
 /* The C name of an errno (`err` or `-err`), "SUCCESS" for 0, "E?" for one weft never returns. */
@@ -45,6 +46,8 @@ static inline const char *weft_errno_name(int32_t err) {
     return "ENOENT";
   case WEFT_ENOMEM:
     return "ENOMEM";
+  case WEFT_EPIPE:
+    return "EPIPE";
   case WEFT_ETIMEDOUT:
     return "ETIMEDOUT";
   default:

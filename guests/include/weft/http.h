@@ -65,6 +65,7 @@ int32_t weft_http_raw_response_header(const char *name, int32_t name_len, const 
                                       int32_t value_len) WEFT_HTTP_IMPORT("response_header");
 int32_t weft_http_raw_response_write(const void *buf, int32_t len)
     WEFT_HTTP_IMPORT("response_write");
+int32_t weft_http_raw_response_writable(void) WEFT_HTTP_IMPORT("response_writable");
 int32_t weft_http_raw_response_finish(void) WEFT_HTTP_IMPORT("response_finish");
 int32_t weft_http_raw_fetch_start(const char *method, int32_t method_len, const char *url,
                                   int32_t url_len, const char *headers, int32_t headers_len,
@@ -122,7 +123,9 @@ static inline int32_t weft_http_request_body_len(void) {
 
 /* ---- the response (sent by weft_http_response_finish, or when the handler returns) ---- */
 
-/* 100..999; -WEFT_EINVAL otherwise, -WEFT_EALREADY once the response went out. */
+static inline int32_t weft_http_wait(weft_http_handle_t handle);
+
+/* 100..599; -WEFT_EINVAL otherwise, -WEFT_EALREADY once the response (or its head) went out. */
 static inline int32_t weft_http_response_status(int32_t status) {
   return weft_http_raw_response_status(status);
 }
@@ -134,12 +137,30 @@ static inline int32_t weft_http_response_header_str(const char *name, const char
   return weft_http_raw_response_header(name, (int32_t)strlen(name), value,
                                        (int32_t)strlen(value));
 }
-/* Appends to the body: `len`, or -errno. */
+/* Appends all of `buf` to the body: `len`, or -errno (-WEFT_EPIPE: the client hung up;
+ * -WEFT_EMSGSIZE: the body limit). A body larger than the server's response buffer streams:
+ * its head goes out (status and headers are then fixed), and while the client has not read
+ * enough, only the calling context waits here. */
 static inline int32_t weft_http_response_write(const void *buf, int32_t len) {
-  return weft_http_raw_response_write(buf, len);
+  const char *bytes = (const char *)buf;
+  int32_t done = 0;
+  while (done < len) {
+    int32_t n = weft_http_raw_response_write(bytes + done, len - done);
+    if (n == -WEFT_EAGAIN) {
+      weft_http_handle_t room = {weft_http_raw_response_writable()};
+      if (room.id < 0) return room.id;
+      int32_t err = weft_http_wait(room);
+      weft_http_raw_handle_close(room.id);
+      if (err < 0) return err;
+      continue;
+    }
+    if (n < 0) return n;
+    done += n;
+  }
+  return len;
 }
 static inline int32_t weft_http_response_write_str(const char *s) {
-  return weft_http_raw_response_write(s, (int32_t)strlen(s));
+  return weft_http_response_write(s, (int32_t)strlen(s));
 }
 /* Sends the response now; the handler (and its helper contexts) may go on working. */
 static inline int32_t weft_http_response_finish(void) { return weft_http_raw_response_finish(); }

@@ -14,28 +14,23 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::stream::FuturesUnordered;
-use http_body_util::{BodyExt, Limited};
 use wasmtime::component::{Accessor, Func, Resource, TypedFunc};
 use wasmtime_wasi_http::p2::bindings::http::types as p2_types;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
-use weft_http_attrib::{ComponentAttribution, InstanceId, REQUEST_ID_HEADER, RequestId, Started};
+use weft_http_attrib::{ComponentAttribution, InstanceId, RequestId, Started};
 
 use super::ComponentGuest;
 use super::outgoing::full_body;
 use super::state::{ComponentState, attribution_of};
 use crate::dispatch::{Incoming, Shared};
 use crate::guest::InstanceInbox;
-
-/// How long a response body may take to arrive once its head is there.
-const RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An instantiated guest.
 pub(crate) enum Proxy {
@@ -424,7 +419,7 @@ impl Serving {
                         response.into_http_with_getter(&mut access, request_io, http_view)
                     });
                     match response {
-                        Ok(response) => deliver(shared, incoming, inbox, response),
+                        Ok(response) => super::response::deliver(shared, incoming, inbox, response),
                         Err(error) => {
                             eprintln!(
                                 "weft serve: the response of {} is unusable: {error:?}",
@@ -464,7 +459,7 @@ impl Serving {
             move |response: Result<http::Response<WasiBody>, p2_types::ErrorCode>| {
                 responded.store(true, Ordering::Release);
                 match response {
-                    Ok(response) => deliver(shared, incoming, inbox, response),
+                    Ok(response) => super::response::deliver(shared, incoming, inbox, response),
                     Err(code) => {
                         eprintln!(
                             "weft serve: the handler of {} set error {code:?} as its response",
@@ -533,74 +528,4 @@ fn incoming_request(incoming: &Incoming) -> wasmtime::Result<http::Request<WasiB
         .body(full_body(incoming.body.clone()))?;
     *request.headers_mut() = incoming.headers.clone();
     Ok(request)
-}
-
-/// Reads the body of a response in a green thread of its own and sends the response.
-fn deliver(
-    shared: Arc<Shared>,
-    incoming: Arc<Incoming>,
-    inbox: UnboundedSender<InstanceMsg>,
-    response: http::Response<WasiBody>,
-) {
-    weft_sched::spawn(move || {
-        let (parts, body) = response.into_parts();
-        let limit = shared.settings.limits.max_response_body;
-        let mut collect = pin!(Limited::new(body, limit).collect());
-        let mut timer = pin!(weft_sched::Sleep::new(RESPONSE_BODY_TIMEOUT));
-        let collected = weft_sched::block_on(poll_fn(|cx| {
-            if let Poll::Ready(result) = collect.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
-            }
-            timer.as_mut().poll(cx).map(|()| None)
-        }));
-        let body = match collected {
-            Some(Ok(collected)) => collected.to_bytes(),
-            Some(Err(error)) => {
-                eprintln!(
-                    "weft serve: the response body of {} failed: {error}",
-                    incoming.id
-                );
-                shared.no_response(incoming.id);
-                shared.pump();
-                return;
-            }
-            None => {
-                eprintln!(
-                    "weft serve: the response body of {} did not end within {} s",
-                    incoming.id,
-                    RESPONSE_BODY_TIMEOUT.as_secs()
-                );
-                shared.no_response(incoming.id);
-                shared.pump();
-                return;
-            }
-        };
-        let mut response = hyper::Response::from_parts(parts, Bytes::new());
-        *response.body_mut() = body;
-        // The body is whole: hyper frames it with its length.
-        response
-            .headers_mut()
-            .remove(http::header::TRANSFER_ENCODING);
-        response.headers_mut().remove(http::header::CONTENT_LENGTH);
-        if let Ok(value) = http::HeaderValue::from_str(&incoming.header_value) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
-        // Already answered when it failed meanwhile (then the registry has settled it), or
-        // by an earlier run on an instance that trapped (then this run's response counts).
-        incoming.respond(&shared, response);
-        let now = Instant::now();
-        let sent = shared.registry.lock().response_sent(incoming.id, now);
-        match sent {
-            Ok(Some(summary)) => shared.finish(&summary),
-            Ok(None) => {
-                let _ = inbox.unbounded_send(InstanceMsg::Responded {
-                    request: incoming.id,
-                    deadline: now + shared.settings.drain_timeout,
-                });
-            }
-            // Failed meanwhile (its instance trapped): the registry has settled it.
-            Err(_) => {}
-        }
-        shared.pump();
-    });
 }

@@ -9,6 +9,7 @@
 
 mod instance;
 mod outgoing;
+mod response;
 mod state;
 
 use std::path::Path;

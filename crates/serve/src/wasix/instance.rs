@@ -32,6 +32,8 @@ pub(crate) enum InstanceMsg {
         handle: HandleId,
         result: Result<FetchResponse, weft_wasix_context::Errno>,
     },
+    /// The streamed response body a context waits on (`response_writable`) has room.
+    Writable { handle: HandleId },
     /// The registry dropped this instance: nothing is left in it.
     Stop,
 }
@@ -350,6 +352,7 @@ impl Runner {
             InstanceMsg::FetchDone { handle, result } => {
                 self.http().scheduler.fetch_done(handle, result);
             }
+            InstanceMsg::Writable { handle } => self.http().scheduler.writable(handle),
         }
         true
     }
@@ -407,8 +410,21 @@ impl Runner {
         let Some(state) = http.requests.get_mut(&request) else {
             return;
         };
-        if state.draft.take().is_none() {
+        let Some(draft) = state.draft.take() else {
             return; // answered meanwhile
+        };
+        if draft.stream.is_some() {
+            // Its head went out; dropping the unfinished stream cuts the body short, so the
+            // client cannot take it for complete.
+            drop(draft);
+            eprintln!(
+                "weft serve: request {request} did not finish its response within {} ms: its \
+                 body is cut short, its contexts are killed",
+                shared.settings.limits.request_timeout.as_millis()
+            );
+            self.http().scheduler.answered(request);
+            self.drain(request, now);
+            return;
         }
         state.incoming.respond(
             &shared,

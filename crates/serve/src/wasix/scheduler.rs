@@ -5,7 +5,8 @@
 //! - A context is *ready* when it was just started, when the operation it blocked on
 //!   completed (or was closed), when it was preempted, or when the guest scheduled it. A
 //!   ready context is queued once, however many of these happen before it runs.
-//! - A *handle* names one operation a context can wait for: a fetch or a sleep. Handles are
+//! - A *handle* names one operation a context can wait for: a fetch, a sleep, or room in
+//!   a streamed response body. Handles are
 //!   never reused within an instance, and an instance holds at most [`MAX_HANDLES`] open.
 //! - A context that switched to main after `block_on(h)` waits for `h`; with `h` already
 //!   done (or `0`, "just yield") it is ready at once. A context that switched to main any
@@ -39,6 +40,8 @@ pub(crate) enum Operation {
     Fetch {
         done: Option<Result<FetchResponse, weft_wasix_context::Errno>>,
     },
+    /// Room in a streamed response body: done when the client has read enough (or is gone).
+    Writable { done: bool },
 }
 
 impl Operation {
@@ -46,6 +49,7 @@ impl Operation {
         match self {
             Operation::Sleep { done } => *done,
             Operation::Fetch { done } => done.is_some(),
+            Operation::Writable { done } => *done,
         }
     }
 }
@@ -139,6 +143,14 @@ impl Scheduler {
     ) {
         if let Some(Operation::Fetch { done }) = self.handles.get_mut(&handle) {
             *done = Some(result);
+        }
+        self.wake(handle);
+    }
+
+    /// The response body behind `handle` has room: its waiters become ready.
+    pub(crate) fn writable(&mut self, handle: HandleId) {
+        if let Some(Operation::Writable { done }) = self.handles.get_mut(&handle) {
+            *done = true;
         }
         self.wake(handle);
     }

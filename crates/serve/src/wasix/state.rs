@@ -11,10 +11,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use weft_http_attrib::{ContextExit, GreenAttribution, InstanceId, REQUEST_ID_HEADER, RequestId};
 use weft_sched::Sender;
-use weft_wasix_context::{ContextEvent, ContextId, MAIN_CONTEXT, WasixContexts};
+use weft_wasix_context::{ContextEvent, ContextId, Errno, MAIN_CONTEXT, WasixContexts};
 
 use super::instance::InstanceMsg;
 use super::scheduler::{CpuAccount, Scheduler};
+use crate::body::{BodyStream, StreamWriter};
 use crate::dispatch::{Incoming, Shared};
 
 /// The store data of an HTTP guest's instance.
@@ -54,13 +55,19 @@ pub(crate) fn contexts_of(state: &mut HostState) -> &mut WasixContexts {
 )]
 pub(crate) struct EventsLost(usize);
 
-/// A response being built by the guest.
+/// A response being built by the guest: held whole until it is finished or its body outgrows
+/// the response buffer; then its head goes out and the body streams ([`Draft::stream`]).
 pub(crate) struct Draft {
     pub(crate) status: u16,
     pub(crate) headers: http::HeaderMap,
     /// Bytes of header names and values so far (bounded by the server's limits).
     pub(crate) header_bytes: usize,
+    /// The body while it is held whole.
     pub(crate) body: Vec<u8>,
+    /// Body bytes written so far, held or streamed (bounded by `max_response_body`).
+    pub(crate) written: usize,
+    /// Once the head went out: where the rest of the body goes.
+    pub(crate) stream: Option<StreamWriter>,
 }
 
 impl Draft {
@@ -70,6 +77,16 @@ impl Draft {
             headers: http::HeaderMap::new(),
             header_bytes: 0,
             body: Vec::new(),
+            written: 0,
+            stream: None,
+        }
+    }
+
+    /// The status and headers can still change (the head has not gone out).
+    pub(crate) fn head_open(&self) -> Result<(), Errno> {
+        match self.stream {
+            None => Ok(()),
+            Some(_) => Err(Errno::Already),
         }
     }
 }
@@ -205,25 +222,76 @@ impl InstanceHttp {
         self.scheduler.answered(request);
     }
 
-    /// Sends the response of `request` as drafted (once).
+    /// Appends `bytes` to the body of `request`'s response; how many were taken. Held whole
+    /// while the body fits the response buffer; past it the head goes out and the body
+    /// streams, taking what the client's unread bytes leave room for (`EAGAIN`: none).
+    pub(crate) fn write_body(&mut self, request: RequestId, bytes: &[u8]) -> Result<usize, Errno> {
+        let limits = &self.shared.settings.limits;
+        let (max_total, buffer) = (limits.max_response_body, limits.response_buffer);
+        let state = self.requests.get_mut(&request).ok_or(Errno::Inval)?;
+        let draft = state.draft.as_mut().ok_or(Errno::Already)?;
+        let left = max_total.saturating_sub(draft.written);
+        if left == 0 && !bytes.is_empty() {
+            return Err(Errno::Msgsize);
+        }
+        let bytes = &bytes[..bytes.len().min(left)];
+        if draft.stream.is_none() {
+            if draft.body.len() + bytes.len() <= buffer {
+                draft.body.extend_from_slice(bytes);
+                draft.written += bytes.len();
+                return Ok(bytes.len());
+            }
+            // The body outgrows what the host holds: the head goes out now, with what is
+            // held as the stream's first bytes (it fits: it is at most the buffer).
+            let stream = BodyStream::new(buffer);
+            let held = std::mem::take(&mut draft.body);
+            stream.write(&held)?;
+            let response = head(draft, &state.incoming.header_value);
+            state
+                .incoming
+                .respond_streaming(&self.shared, response.into_parts().0, stream.clone());
+            draft.stream = Some(StreamWriter::new(stream));
+            // The client has its answer's head: the request is answered for the registry
+            // (it cannot be retried elsewhere now), but its answer deadline runs on until the
+            // body is finished.
+            if let Err(error) = self
+                .shared
+                .registry
+                .lock()
+                .response_sent(request, Instant::now())
+            {
+                eprintln!("weft serve: internal error: {error}");
+            }
+        }
+        let stream = draft.stream.as_ref().expect("streaming");
+        let taken = stream.stream().write(bytes)?;
+        draft.written += taken;
+        Ok(taken)
+    }
+
+    /// Sends the response of `request` as drafted, or ends its streamed body (once).
     pub(crate) fn send_response(&mut self, request: RequestId) -> bool {
         let Some(state) = self.requests.get_mut(&request) else {
             return false;
         };
-        let Some(draft) = state.draft.take() else {
+        let Some(mut draft) = state.draft.take() else {
             return false;
         };
         self.scheduler.answered(request);
-        let mut response = Response::new(Bytes::from(draft.body));
-        *response.status_mut() =
-            http::StatusCode::from_u16(draft.status).unwrap_or(http::StatusCode::OK);
-        *response.headers_mut() = draft.headers;
-        if let Ok(value) = http::HeaderValue::from_str(&state.incoming.header_value) {
-            // The client can quote it (logs, traces); a guest-set value is replaced.
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
-        state.incoming.respond(&self.shared, response);
         let now = Instant::now();
+        if let Some(stream) = draft.stream.take() {
+            // The registry heard of the response when its head went out; what runs on now is
+            // post-response work, bounded by the drain deadline.
+            stream.finish();
+            if self.shared.registry.lock().is_live(request) {
+                self.scheduler
+                    .drain_by(request, now + self.shared.settings.drain_timeout);
+            }
+            return true;
+        }
+        let mut response = head(&mut draft, &state.incoming.header_value);
+        *response.body_mut() = Bytes::from(draft.body);
+        state.incoming.respond(&self.shared, response);
         let sent = self.shared.registry.lock().response_sent(request, now);
         match sent {
             Ok(Some(summary)) => {
@@ -237,4 +305,18 @@ impl InstanceHttp {
         }
         true
     }
+}
+
+/// A response with `draft`'s status and headers (taken from it) and an empty body, carrying
+/// the request's id.
+fn head(draft: &mut Draft, request_id: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() =
+        http::StatusCode::from_u16(draft.status).unwrap_or(http::StatusCode::OK);
+    *response.headers_mut() = std::mem::take(&mut draft.headers);
+    if let Ok(value) = http::HeaderValue::from_str(request_id) {
+        // The client can quote it (logs, traces); a guest-set value is replaced.
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }

@@ -1,11 +1,15 @@
 //! Writing the response: `response_status`, `response_header`, `response_write`,
-//! `response_finish`. The draft goes out at `response_finish` or when the handler returns.
+//! `response_writable`, `response_finish`. The draft goes out whole at `response_finish` or
+//! when the handler returns, unless its body outgrows the response buffer first: then its
+//! head goes out and the body streams (see [`InstanceHttp::write_body`]).
 
 use wasmtime::{Caller, Linker};
 use weft_wasix_context::{Errno, WasixContexts};
 
 use super::memory::{guest_slice, ret};
 use super::{IMPORT_MODULE, current, with_guest};
+use crate::wasix::instance::InstanceMsg;
+use crate::wasix::scheduler::Operation;
 use crate::wasix::state::{Draft, HostState, InstanceHttp};
 
 /// The draft of the caller's request; `EALREADY` once its response went out.
@@ -25,6 +29,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             with_guest(&mut caller, |_, http, contexts| {
                 ret((|| {
                     let draft = draft(http, contexts)?;
+                    draft.head_open()?;
                     // HTTP/1.1 status codes are 100..=599; anything else would go out with no
                     // reason phrase a client understands.
                     let status = u16::try_from(status)
@@ -53,6 +58,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     let value = http::HeaderValue::from_bytes(value).map_err(|_| Errno::Inval)?;
                     let limits = http.shared.settings.limits.clone();
                     let draft = draft(http, contexts)?;
+                    draft.head_open()?;
                     // Checked before `HeaderMap` sees it: past its capacity it panics.
                     let bytes = draft.header_bytes + name.as_str().len() + value.len();
                     if draft.headers.len() >= limits.max_response_headers
@@ -74,13 +80,39 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             with_guest(&mut caller, |memory, http, contexts| {
                 ret((|| {
                     let bytes = guest_slice(memory, buf, len)?;
-                    let max = http.shared.settings.limits.max_response_body;
-                    let draft = draft(http, contexts)?;
-                    if draft.body.len() + bytes.len() > max {
-                        return Err(Errno::Msgsize);
+                    let request = current(http, contexts)?;
+                    let taken = http.write_body(request, bytes)?;
+                    // At most `len`, an i32.
+                    Ok(i32::try_from(taken).unwrap_or(i32::MAX))
+                })())
+            })
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "response_writable",
+        |mut caller: Caller<'_, HostState>| {
+            with_guest(&mut caller, |_, http, contexts| {
+                ret((|| {
+                    let stream = draft(http, contexts)?
+                        .stream
+                        .as_ref()
+                        .map(|writer| writer.stream().clone());
+                    let handle = http
+                        .scheduler
+                        .open(Operation::Writable { done: false })
+                        .ok_or(Errno::Again)?;
+                    match stream {
+                        // Held whole: there is room until the head goes out.
+                        None => http.scheduler.writable(handle),
+                        Some(stream) => {
+                            let inbox = http.inbox.clone();
+                            stream.on_writable(Box::new(move || {
+                                let _ = inbox.send(InstanceMsg::Writable { handle });
+                            }));
+                        }
                     }
-                    draft.body.extend_from_slice(bytes);
-                    Ok(len)
+                    Ok(handle)
                 })())
             })
         },
