@@ -18,7 +18,9 @@
 //!   once so it is suspended inside its body; resident memory growth per
 //!   fiber from /proc/self/statm.
 //!
-//! Each figure is the median of several runs of the timed loop.
+//! Each figure is the median of several runs of the timed loop; the runs of
+//! the two sides alternate (weft, corosensei, corosensei, weft, ...), so that
+//! a shared machine whose speed drifts slows both sides alike.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -34,18 +36,31 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Median nanoseconds per iteration of `body(iterations)`.
-fn measure(iterations: u64, mut body: impl FnMut(u64)) -> f64 {
-    body(iterations / 10); // warm up
-    median(
-        (0..RUNS)
-            .map(|_| {
-                let start = Instant::now();
-                body(iterations);
-                start.elapsed().as_nanos() as f64 / iterations as f64
-            })
-            .collect(),
-    )
+/// Nanoseconds per iteration of one run of `body(iterations)`.
+fn time_run(iterations: u64, body: &mut impl FnMut(u64)) -> f64 {
+    let start = Instant::now();
+    body(iterations);
+    start.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+/// Median nanoseconds per iteration of `weft(iterations)` and of
+/// `peer(iterations)`, their runs interleaved (each goes first every other
+/// round).
+fn measure(iterations: u64, mut weft: impl FnMut(u64), mut peer: impl FnMut(u64)) -> (f64, f64) {
+    // Warm up.
+    weft(iterations / 10);
+    peer(iterations / 10);
+    let (mut weft_ns, mut peer_ns) = (Vec::new(), Vec::new());
+    for round in 0..RUNS {
+        if round % 2 == 0 {
+            weft_ns.push(time_run(iterations, &mut weft));
+            peer_ns.push(time_run(iterations, &mut peer));
+        } else {
+            peer_ns.push(time_run(iterations, &mut peer));
+            weft_ns.push(time_run(iterations, &mut weft));
+        }
+    }
+    (median(weft_ns), median(peer_ns))
 }
 
 fn line(metric: &str, weft: f64, corosensei: f64) {
@@ -62,11 +77,6 @@ fn switch_roundtrip() {
             x = s.suspend(x.wrapping_add(1));
         }
     });
-    let weft_ns = measure(N, |n| {
-        for i in 0..n {
-            black_box(weft.resume(black_box(i)));
-        }
-    });
     let mut coro = Coroutine::with_stack(
         DefaultStack::new(256 * 1024).unwrap(),
         |y: &corosensei::Yielder<u64, u64>, mut x: u64| {
@@ -75,11 +85,19 @@ fn switch_roundtrip() {
             }
         },
     );
-    let coro_ns = measure(N, |n| {
-        for i in 0..n {
-            black_box(coro.resume(black_box(i)));
-        }
-    });
+    let (weft_ns, coro_ns) = measure(
+        N,
+        |n| {
+            for i in 0..n {
+                black_box(weft.resume(black_box(i)));
+            }
+        },
+        |n| {
+            for i in 0..n {
+                black_box(coro.resume(black_box(i)));
+            }
+        },
+    );
     line("switch_roundtrip_ns", weft_ns, coro_ns);
 }
 
@@ -90,52 +108,61 @@ fn create_pooled() {
         max_cached: 16,
         ..PoolConfig::default()
     });
-    let weft_ns = measure(N, |n| {
-        for i in 0..n {
-            let mut fiber = Fiber::with_stack(
-                pool.take().unwrap(),
-                move |_: &Suspender<u64, ()>, x: u64| x + i,
-            );
-            assert!(matches!(black_box(fiber.resume(1)), FiberResult::Return(_)));
-        }
-    });
     let mut stack = Some(DefaultStack::new(64 * 1024).unwrap());
-    let coro_ns = measure(N, |n| {
-        for i in 0..n {
-            let mut coro = Coroutine::with_stack(
-                stack.take().unwrap(),
-                move |_: &corosensei::Yielder<u64, ()>, x: u64| x + i,
-            );
-            assert!(matches!(
-                black_box(coro.resume(1)),
-                CoroutineResult::Return(_)
-            ));
-            stack = Some(coro.into_stack());
-        }
-    });
+    let (weft_ns, coro_ns) = measure(
+        N,
+        |n| {
+            for i in 0..n {
+                let mut fiber = Fiber::with_stack(
+                    pool.take().unwrap(),
+                    move |_: &Suspender<u64, ()>, x: u64| x + i,
+                );
+                assert!(matches!(black_box(fiber.resume(1)), FiberResult::Return(_)));
+            }
+        },
+        |n| {
+            for i in 0..n {
+                let mut coro = Coroutine::with_stack(
+                    stack.take().unwrap(),
+                    move |_: &corosensei::Yielder<u64, ()>, x: u64| x + i,
+                );
+                assert!(matches!(
+                    black_box(coro.resume(1)),
+                    CoroutineResult::Return(_)
+                ));
+                stack = Some(coro.into_stack());
+            }
+        },
+    );
     line("create_pooled_ns", weft_ns, coro_ns);
 }
 
 fn create_fresh() {
     const N: u64 = 20_000;
-    let weft_ns = measure(N, |n| {
-        for i in 0..n {
-            let stack = Stack::new(256 * 1024).unwrap();
-            let mut fiber = Fiber::with_stack(stack, move |_: &Suspender<u64, ()>, x: u64| x + i);
-            assert!(matches!(black_box(fiber.resume(1)), FiberResult::Return(_)));
-        }
-    });
-    let coro_ns = measure(N, |n| {
-        for i in 0..n {
-            let stack = DefaultStack::new(256 * 1024).unwrap();
-            let mut coro =
-                Coroutine::with_stack(stack, move |_: &corosensei::Yielder<u64, ()>, x: u64| x + i);
-            assert!(matches!(
-                black_box(coro.resume(1)),
-                CoroutineResult::Return(_)
-            ));
-        }
-    });
+    let (weft_ns, coro_ns) = measure(
+        N,
+        |n| {
+            for i in 0..n {
+                let stack = Stack::new(256 * 1024).unwrap();
+                let mut fiber =
+                    Fiber::with_stack(stack, move |_: &Suspender<u64, ()>, x: u64| x + i);
+                assert!(matches!(black_box(fiber.resume(1)), FiberResult::Return(_)));
+            }
+        },
+        |n| {
+            for i in 0..n {
+                let stack = DefaultStack::new(256 * 1024).unwrap();
+                let mut coro = Coroutine::with_stack(
+                    stack,
+                    move |_: &corosensei::Yielder<u64, ()>, x: u64| x + i,
+                );
+                assert!(matches!(
+                    black_box(coro.resume(1)),
+                    CoroutineResult::Return(_)
+                ));
+            }
+        },
+    );
     line("create_fresh_ns", weft_ns, coro_ns);
 }
 

@@ -63,12 +63,12 @@ mod signal;
 mod stack;
 
 use std::any::Any;
-use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 
+use arch::Word;
 pub use stack::{PoolConfig, Stack, StackPool, TRIM_WINDOW};
 
 /// What [`Fiber::resume`] gives back.
@@ -98,78 +98,65 @@ impl<Y, R> FiberResult<Y, R> {
     }
 }
 
-/// The messages of one `resume` call. It lives on the resumer's stack; the
-/// resumer passes its address through the switch and is blocked until the
-/// fiber switches back, so the fiber may use it meanwhile.
-///
-/// Protocol, which makes every field's state known without tags: the
-/// resumer writes `input` (unless it asks for an unwind, which it says with
-/// [`UNWIND_BIT`]); the fiber reads it exactly once, then writes
-/// exactly one of `yielded` and `finished` and names which one with the value
-/// it passes back through the switch ([`YIELDED`] or [`FINISHED`]); the
-/// resumer reads that one exactly once.
-///
-/// `repr(C)` puts `head` at offset 0, so the [`Suspender`], which does not
-/// know `Return`, can use an `*mut Exchange<I, Y, R>` as an
-/// `*mut ExchangeHead<I, Y>`.
-#[repr(C)]
-struct Exchange<I, Y, R> {
-    head: ExchangeHead<I, Y>,
-    finished: MaybeUninit<Finished<R>>,
+// How values cross a switch. Each switch carries one machine word each way
+// (a register, see `arch`), as a `Word`: `MaybeUninit`, so that it may hold
+// any value's bytes, padding included. A value that fits in a word travels
+// in it; a larger one stays in the sender's frame and the word carries its
+// address (the frame cannot go away: the sender is blocked in the switch
+// until the receiver switches back). The receiver moves the value out
+// exactly once, right after the switch. Which type a word carries is fixed
+// by the direction and, towards the resumer, by whether the stack pointer
+// passed back is null:
+// - resumer -> fiber: `I` (nothing when the unwind flag is set);
+// - fiber -> resumer: `Y` from `suspend`, `Finished<R>` from `finish`.
+
+/// Whether a `T` travels inside the word rather than by address.
+const fn fits_in_word<T>() -> bool {
+    size_of::<T>() <= size_of::<Word>() && align_of::<T>() <= align_of::<Word>()
 }
 
-#[repr(C)]
-struct ExchangeHead<I, Y> {
-    /// The resume's input; left unwritten when the fiber is asked to unwind.
-    input: MaybeUninit<I>,
-    yielded: MaybeUninit<Y>,
-}
-
-impl<I, Y, R> Exchange<I, Y, R> {
-    fn new(input: MaybeUninit<I>) -> Self {
-        Exchange {
-            head: ExchangeHead {
-                input,
-                yielded: MaybeUninit::uninit(),
-            },
-            finished: MaybeUninit::uninit(),
-        }
-    }
-}
-
-/// Set in the exchange address passed to the fiber to ask it to unwind
-/// instead of resuming (exchanges are at least 8-byte aligned, so the bit
-/// is free). It saves a tag in memory on every switch.
-const UNWIND_BIT: usize = 1;
-
-/// What a switch into the fiber asks of it.
-enum ToFiber<I, Y> {
-    Resume(I, *mut ExchangeHead<I, Y>),
-    Unwind(*mut ExchangeHead<I, Y>),
-}
-
-/// Decodes the value passed into the fiber.
+/// The word that hands over the value in `value`; the receiver takes it
+/// with [`take`].
 ///
 /// # Safety
-/// `passed` is an exchange address from `Fiber::switch_in`, possibly with
-/// [`UNWIND_BIT`] set; without it, the exchange's `input` is written and
-/// not yet read.
-unsafe fn received<I, Y>(passed: usize) -> ToFiber<I, Y> {
-    let exchange = (passed & !UNWIND_BIT) as *mut ExchangeHead<I, Y>;
-    if passed & UNWIND_BIT != 0 {
-        ToFiber::Unwind(exchange)
+/// `value` is initialized, and the caller treats it as moved out: it
+/// neither reads nor drops it again, and keeps it where it is until the
+/// receiver has taken it (the switch that carries the word has returned).
+#[inline(always)]
+unsafe fn lend<T>(value: &mut MaybeUninit<T>) -> Word {
+    if fits_in_word::<T>() {
+        let mut word = Word::uninit();
+        // SAFETY: `fits_in_word` checked that the word is large and aligned
+        // enough for a T; `value` is initialized (function contract) and
+        // the bytes are moved, ownership goes with them.
+        unsafe {
+            word.as_mut_ptr()
+                .cast::<T>()
+                .write(value.assume_init_read())
+        };
+        word
     } else {
-        // SAFETY: the caller guarantees (function contract) that `passed`
-        // names a live exchange; UNWIND_BIT is clear, so its `input` is
-        // written and not yet read, and this is its one read.
-        ToFiber::Resume(unsafe { (*exchange).input.assume_init_read() }, exchange)
+        Word::new(value.as_mut_ptr() as usize)
     }
 }
 
-/// Passed back through the switch: the fiber wrote `yielded`.
-const YIELDED: usize = 1;
-/// Passed back through the switch: the fiber wrote `finished`.
-const FINISHED: usize = 2;
+/// Moves out the value handed over by [`lend`].
+///
+/// # Safety
+/// `word` comes from `lend::<T>` on the other side of the switch that just
+/// returned, whose sender is still blocked in it, and is taken only once.
+#[inline(always)]
+unsafe fn take<T>(word: Word) -> T {
+    if fits_in_word::<T>() {
+        // SAFETY: per the function contract the word holds the bytes of a
+        // valid T, copied by `lend`, that nobody else owns.
+        unsafe { word.as_ptr().cast::<T>().read() }
+    } else {
+        // SAFETY: per the function contract the word is the address of a
+        // live, aligned T that its owner will neither drop nor read again.
+        unsafe { ptr::read(word.assume_init() as *const T) }
+    }
+}
 
 enum Finished<R> {
     Return(R),
@@ -180,13 +167,6 @@ enum Finished<R> {
 /// The panic payload that unwinds a dropped fiber's stack.
 struct ForcedUnwind;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Unstarted,
-    Suspended,
-    Finished,
-}
-
 /// A stackful coroutine: its body runs on its own stack, can suspend from
 /// any depth of calls with a value ([`Suspender::suspend`]) and is resumed
 /// with the next input ([`Fiber::resume`]).
@@ -194,14 +174,15 @@ enum State {
 /// See the [crate documentation](crate) for the rules about thread-local
 /// state across suspends.
 pub struct Fiber<Input = (), Yield = (), Return = ()> {
-    stack: ManuallyDrop<Stack>,
+    /// The fiber's saved stack pointer (see `arch`); null once it has
+    /// finished.
+    sp: *mut u8,
     /// The switch slot near the top of `stack` (see `arch`).
     slot: *mut *mut u8,
-    state: State,
-    /// The body, moved onto the top of `stack`; owned by the fiber from its
-    /// first resume on.
-    body: *mut u8,
+    /// Drops the body of an unstarted fiber, which `place` moved onto the
+    /// top of `stack` (at `slot + arch::SLOT_OFFSET`).
     drop_body: unsafe fn(*mut u8),
+    stack: ManuallyDrop<Stack>,
     _types: PhantomData<fn(Input) -> (Yield, Return)>,
 }
 
@@ -230,12 +211,14 @@ impl<I, Y, R> Fiber<I, Y, R> {
     ///
     /// The body is moved onto the top of the stack (no heap allocation)
     /// unless it is large compared with the stack, in which case it is boxed.
+    #[inline]
     pub fn with_stack<F>(stack: Stack, body: F) -> Self
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R + Send + 'static,
     {
         let footprint = size_of::<F>() + align_of::<F>() + arch::INIT_FRAME_BYTES;
-        if footprint > stack.size() / 8 {
+        // The first test is constant: small bodies never look at the stack.
+        if footprint > Stack::MIN_SIZE / 8 && footprint > stack.size() / 8 {
             let boxed = Box::new(body);
             return Self::place(stack, move |suspender: &Suspender<I, Y>, input: I| {
                 boxed(suspender, input)
@@ -244,33 +227,29 @@ impl<I, Y, R> Fiber<I, Y, R> {
         Self::place(stack, body)
     }
 
+    #[inline]
     fn place<F>(stack: Stack, body: F) -> Self
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R,
     {
         signal::prepare_thread();
-        let range = stack.range();
-        let top = stack.top() as usize;
-        let body_addr = (top - size_of::<F>()) & !(align_of::<F>().max(16) - 1);
-        debug_assert!(body_addr - arch::INIT_FRAME_BYTES > range.start);
+        let body_addr = body_address::<F>(stack.top() as usize);
+        debug_assert!(body_addr - arch::INIT_FRAME_BYTES > stack.range().start);
         // SAFETY: [body_addr, body_addr + size_of F) lies at the top of the
         // stack's usable range (with_stack checked it fits with room for the
-        // first frame) and nothing else uses that memory: the fiber is not
-        // started. body_addr is aligned for F.
-        let slot = unsafe {
+        // first frame below it) and nothing else uses that memory: the fiber
+        // is not started. body_addr is aligned for F and to 16 bytes.
+        let sp = unsafe {
             ptr::write(body_addr as *mut F, body);
-            arch::init(
-                body_addr as *mut u8,
-                fiber_entry::<F, I, Y, R>,
-                body_addr as *mut u8,
-            )
+            arch::init(body_addr as *mut u8, fiber_entry::<F, I, Y, R>)
         };
+        let slot = (body_addr - arch::SLOT_OFFSET) as *mut *mut u8;
+        debug_assert_eq!(sp as usize, slot as usize - arch::FIRST_SP_BELOW_SLOT);
         Fiber {
-            stack: ManuallyDrop::new(stack),
+            sp,
             slot,
-            state: State::Unstarted,
-            body: body_addr as *mut u8,
             drop_body: drop_erased::<F>,
+            stack: ManuallyDrop::new(stack),
             _types: PhantomData,
         }
     }
@@ -281,46 +260,50 @@ impl<I, Y, R> Fiber<I, Y, R> {
     /// Panics if the fiber has already finished.
     #[inline]
     pub fn resume(&mut self, input: I) -> FiberResult<Y, R> {
-        if self.state == State::Finished {
+        if self.sp.is_null() {
             resumed_after_finish();
         }
-        let mut exchange = Exchange::new(MaybeUninit::new(input));
-        if self.switch_in(&mut exchange, 0) == YIELDED {
-            self.state = State::Suspended;
-            // SAFETY: Exchange protocol: the fiber (`Suspender::suspend`)
-            // wrote `yielded` and passed back YIELDED to say so; this is
-            // the one read of it.
-            FiberResult::Yield(unsafe { exchange.head.yielded.assume_init_read() })
-        } else {
-            // SAFETY: Exchange protocol: anything but YIELDED is FINISHED,
-            // passed back by `fiber_entry` after writing `finished`; this
-            // is the one read of it.
-            self.finish(unsafe { exchange.finished.assume_init_read() })
+        let mut input = MaybeUninit::new(input);
+        // SAFETY: `input` is initialized and not touched again; it stays in
+        // this frame until the switch returns, by when the fiber took it.
+        let word = self.switch_in(unsafe { lend(&mut input) }, 0);
+        if self.sp.is_null() {
+            return self.finish(word);
         }
+        // SAFETY: the fiber suspended (its sp is not null), so `word` is the
+        // `lend` of its `suspend`, taken once, here.
+        FiberResult::Yield(unsafe { take::<Y>(word) })
     }
 
-    /// The end of the resume in which the body returned or panicked; kept out
-    /// of line so `resume` stays small enough to inline.
-    #[cold]
-    #[inline(never)]
-    fn finish(&mut self, finished: Finished<R>) -> FiberResult<Y, R> {
-        self.state = State::Finished;
-        match finished {
+    /// The end of the resume in which the body returned or panicked.
+    #[inline]
+    fn finish(&mut self, word: Word) -> FiberResult<Y, R> {
+        // SAFETY: the fiber finished (its sp is null), so `word` is the
+        // `lend` of `fiber_entry`'s `finish`, taken once, here.
+        match unsafe { take::<Finished<R>>(word) } {
             Finished::Return(value) => FiberResult::Return(value),
-            Finished::Panic(payload) => panic::resume_unwind(payload),
-            // Only a ToFiber::Unwind ends in Unwound, and resume never sends one.
+            Finished::Panic(payload) => resume_panic(payload),
+            // Only an unwind request ends in Unwound, and resume never sends one.
             Finished::Unwound => unreachable!("a resumed fiber reported an unwind"),
         }
     }
 
     /// True once the body has returned or panicked.
     pub fn is_finished(&self) -> bool {
-        self.state == State::Finished
+        self.sp.is_null()
     }
 
     /// True once the fiber has been resumed at least once.
     pub fn is_started(&self) -> bool {
-        self.state != State::Unstarted
+        // Until the first resume the fiber's sp is the one `arch::init`
+        // returned; every later one (or null, once finished) differs, as the
+        // fiber's frames lie below that first frame. So no flag has to be
+        // kept up to date on every resume.
+        self.sp
+            != self
+                .slot
+                .cast::<u8>()
+                .wrapping_sub(arch::FIRST_SP_BELOW_SLOT)
     }
 
     /// The fiber's stack.
@@ -328,36 +311,43 @@ impl<I, Y, R> Fiber<I, Y, R> {
         &self.stack
     }
 
-    /// Runs the fiber until it switches back; returns [`YIELDED`] or
-    /// [`FINISHED`]. `unwind` is 0 or [`UNWIND_BIT`].
-    #[inline]
-    fn switch_in(&mut self, exchange: &mut Exchange<I, Y, R>, unwind: usize) -> usize {
-        // SAFETY: the slot holds the fiber's saved stack pointer: it was laid
-        // out by weft_fiber_init, or saved by the fiber's last suspend (state
-        // is Unstarted or Suspended, checked by our callers). The exchange
-        // outlives the switch: we are blocked in it until the fiber switches
-        // back.
-        unsafe { arch::resume(self.slot, exchange as *mut _ as usize | unwind) }
+    /// Runs the fiber until it switches back, passing it `word` and
+    /// `unwind`; stores its new stack pointer and returns its word.
+    #[inline(always)]
+    fn switch_in(&mut self, word: Word, unwind: usize) -> Word {
+        // SAFETY: `sp` is the fiber's saved stack pointer (from `arch::init`
+        // or from its last switch back), not null (checked by our callers),
+        // so the fiber is unstarted or suspended, and `&mut self` means it
+        // runs nowhere else. `slot` belongs to its stack. Whatever `word`
+        // lends stays in our frame: we are blocked in the switch until the
+        // fiber switches back.
+        let (sp, word) = unsafe { arch::resume(self.sp, self.slot, word, unwind) };
+        self.sp = sp;
+        word
     }
 }
 
 impl<I, Y, R> Drop for Fiber<I, Y, R> {
+    #[inline]
     fn drop(&mut self) {
-        match self.state {
-            // SAFETY: an unstarted fiber still owns the body `place` wrote;
-            // it is dropped exactly once, here.
-            State::Unstarted => unsafe { (self.drop_body)(self.body) },
-            State::Suspended if cfg!(panic = "unwind") => self.unwind(),
-            // Without unwinding the suspended body's destructors cannot run;
-            // its memory goes away with the stack.
-            State::Suspended | State::Finished => {}
+        if !self.is_started() {
+            let body = self.slot as usize + arch::SLOT_OFFSET;
+            // SAFETY: an unstarted fiber still owns the body `place` wrote
+            // there; it is dropped exactly once, here.
+            unsafe { (self.drop_body)(body as *mut u8) };
+        } else if !self.sp.is_null() && cfg!(panic = "unwind") {
+            self.unwind();
         }
+        // Without unwinding the suspended body's destructors cannot run; its
+        // memory goes away with the stack.
+
         // SAFETY: `&mut self` means the fiber is not running (a running
         // fiber's resumer is blocked in `resume`, which borrows it), and it
         // is now unstarted with its body dropped, finished, or unwound above
         // (or, without unwinding, abandoned), so nothing will use its stack
-        // again. `stack` is dropped exactly once, here.
-        unsafe { ManuallyDrop::drop(&mut self.stack) };
+        // again. `stack` is released exactly once, here, and never touched
+        // again (it is a ManuallyDrop).
+        unsafe { self.stack.release() };
     }
 }
 
@@ -365,19 +355,19 @@ impl<I, Y, R> Fiber<I, Y, R> {
     /// Resumes a suspended fiber with a request to unwind, so every value on
     /// its stack is dropped. A body that catches the unwind and suspends
     /// again is asked again.
+    #[cold]
     fn unwind(&mut self) {
         loop {
-            let mut exchange = Exchange::new(MaybeUninit::uninit());
-            if self.switch_in(&mut exchange, UNWIND_BIT) == YIELDED {
-                // SAFETY: Exchange protocol, as in `resume`: YIELDED means
-                // `yielded` was written; this is its one read.
-                drop(unsafe { exchange.head.yielded.assume_init_read() });
+            let word = self.switch_in(Word::uninit(), 1);
+            if !self.sp.is_null() {
+                // SAFETY: as in `resume`: the fiber suspended again and
+                // lent its yield; this is its one read.
+                drop(unsafe { take::<Y>(word) });
                 continue;
             }
-            self.state = State::Finished;
-            // SAFETY: Exchange protocol, as in `resume`: anything but
-            // YIELDED means `finished` was written; this is its one read.
-            let finished = unsafe { exchange.finished.assume_init_read() };
+            // SAFETY: as in `finish`: the fiber finished and lent its
+            // Finished; this is its one read.
+            let finished = unsafe { take::<Finished<R>>(word) };
             if let Finished::Panic(payload) = finished
                 && !std::thread::panicking()
             {
@@ -390,8 +380,15 @@ impl<I, Y, R> Fiber<I, Y, R> {
 
 impl<I, Y, R> std::fmt::Debug for Fiber<I, Y, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.is_finished() {
+            "Finished"
+        } else if self.is_started() {
+            "Suspended"
+        } else {
+            "Unstarted"
+        };
         f.debug_struct("Fiber")
-            .field("state", &self.state)
+            .field("state", &format_args!("{state}"))
             .field("stack", &*self.stack)
             .finish()
     }
@@ -401,8 +398,6 @@ impl<I, Y, R> std::fmt::Debug for Fiber<I, Y, R> {
 /// stack and only exists inside the body.
 pub struct Suspender<Input = (), Yield = ()> {
     slot: *mut *mut u8,
-    /// The resumer's exchange for the `resume` call in progress.
-    exchange: Cell<*mut ExchangeHead<Input, Yield>>,
     _types: PhantomData<fn(Yield) -> Input>,
     /// Not Send or Sync: it is only meaningful on its own fiber.
     _on_its_fiber_only: PhantomData<*const ()>,
@@ -416,84 +411,80 @@ impl<I, Y> Suspender<I, Y> {
     /// private payload) so the destructors on the fiber's stack run.
     #[inline]
     pub fn suspend(&self, value: Y) -> I {
-        // SAFETY: `exchange` points at the resumer's Exchange for the resume
-        // call in progress; the resumer is blocked in that call until we
-        // switch back, and repr(C) puts the head at offset 0. The slot holds
-        // the resumer's stack pointer while we run.
-        let passed = unsafe {
-            (*self.exchange.get()).yielded.write(value);
-            arch::suspend(self.slot, YIELDED)
-        };
-        // SAFETY: the next resume (or drop) passed its own live Exchange,
-        // whose input we read exactly once, here.
-        match unsafe { received::<I, Y>(passed) } {
-            ToFiber::Resume(input, next) => {
-                self.exchange.set(next);
-                input
-            }
-            ToFiber::Unwind(next) => {
-                self.exchange.set(next);
-                panic::resume_unwind(Box::new(ForcedUnwind))
-            }
+        let mut value = MaybeUninit::new(value);
+        // SAFETY: a Suspender only exists inside its fiber's body, so we run
+        // on the fiber stack of `slot`, which holds the resumer's stack
+        // pointer while we run. `value` is initialized and not touched
+        // again; it stays in this frame until the resumer has taken it.
+        let (word, unwind) = unsafe { arch::suspend(self.slot, lend(&mut value)) };
+        if unwind != 0 {
+            forced_unwind();
         }
+        // SAFETY: no unwind request, so the resumer lent its input; this is
+        // its one read.
+        unsafe { take::<I>(word) }
     }
 }
 
-/// The Rust side of a fiber's first frame, called by `weft_fiber_start` on
-/// the fiber stack with the body's address, the first resume's exchange and
-/// the switch slot.
+#[cold]
+#[inline(never)]
+fn forced_unwind() -> ! {
+    panic::resume_unwind(Box::new(ForcedUnwind))
+}
+
+/// The address where `place` puts a body of type `F` on a stack whose top
+/// is `top`: 16-byte aligned (it is the `top` of `arch::init`).
+#[inline(always)]
+fn body_address<F>(top: usize) -> usize {
+    (top - size_of::<F>()) & !(align_of::<F>().max(16) - 1)
+}
+
+/// The Rust side of a fiber's first frame, called on the fiber stack by
+/// `arch` with the first resume's word and the switch slot.
 ///
 /// # Safety
-/// Only `weft_fiber_start` calls this, once per fiber, with the values laid
-/// out by `Fiber::place` (a live `F` at `body`) and passed by
-/// `Fiber::switch_in` (a live `Exchange<I, Y, R>` at `exchange`).
-unsafe extern "C" fn fiber_entry<F, I, Y, R>(
-    body: *mut u8,
-    exchange: usize,
-    slot: *mut *mut u8,
-) -> !
+/// Only the first switch into a fiber calls this, once per fiber, with
+/// the slot of the stack `Fiber::place` laid out (a live `F` at the body
+/// address above it), and the word `Fiber::resume` lent (`Fiber` never asks
+/// an unstarted fiber to unwind: it drops the body itself).
+unsafe extern "C" fn fiber_entry<F, I, Y, R>(word: Word, slot: *mut *mut u8) -> !
 where
     F: FnOnce(&Suspender<I, Y>, I) -> R,
 {
+    let body_addr = slot as usize + arch::SLOT_OFFSET;
     // SAFETY: per the function contract; from here on the body is ours
-    // (Fiber no longer drops it: its state is no longer Unstarted).
-    let (body, first) = unsafe { (ptr::read(body as *mut F), received::<I, Y>(exchange)) };
-    let exchange = match first {
-        ToFiber::Resume(_, exchange) | ToFiber::Unwind(exchange) => exchange,
-    };
+    // (Fiber no longer drops it: its sp is no longer the first one).
+    let (body, input) = unsafe { (ptr::read(body_addr as *mut F), take::<I>(word)) };
     let suspender = Suspender {
         slot,
-        exchange: Cell::new(exchange),
         _types: PhantomData,
         _on_its_fiber_only: PhantomData,
     };
-    let finished = match first {
-        ToFiber::Resume(input, _) => {
-            match panic::catch_unwind(AssertUnwindSafe(|| body(&suspender, input))) {
-                Ok(value) => Finished::Return(value),
-                Err(payload) if payload.is::<ForcedUnwind>() => Finished::Unwound,
-                Err(payload) => Finished::Panic(payload),
-            }
-        }
-        // A fiber is only unwound once suspended, never before it starts.
-        ToFiber::Unwind(_) => std::process::abort(),
+    let finished = match panic::catch_unwind(AssertUnwindSafe(|| body(&suspender, input))) {
+        Ok(value) => Finished::Return(value),
+        Err(payload) if payload.is::<ForcedUnwind>() => Finished::Unwound,
+        Err(payload) => Finished::Panic(payload),
     };
-    let exchange = suspender.exchange.get().cast::<Exchange<I, Y, R>>();
-    // SAFETY: the exchange of the resume call in progress is live (see
-    // Suspender::suspend). This is the fiber's last switch: nothing on this
-    // stack needs dropping (body and input were consumed, suspender has no
-    // destructor) and the resumer never switches here again.
-    unsafe {
-        (*exchange).finished.write(finished);
-        arch::suspend(slot, FINISHED);
-    }
-    std::process::abort()
+    let mut finished = MaybeUninit::new(finished);
+    // SAFETY: we run on the fiber stack of `slot`, which holds the resumer's
+    // stack pointer. This is the fiber's last switch: nothing on this stack
+    // needs dropping (body and input were consumed, suspender has no
+    // destructor, `finished` is taken by the resumer), and the stack stays
+    // untouched until the resumer has taken `finished`: it belongs to the
+    // Fiber, which is borrowed by that resume.
+    unsafe { arch::finish(slot, lend(&mut finished)) }
 }
 
 #[cold]
 #[inline(never)]
 fn resumed_after_finish() -> ! {
     panic!("weft-fiber: resumed a fiber that has finished")
+}
+
+#[cold]
+#[inline(never)]
+fn resume_panic(payload: Box<dyn Any + Send>) -> ! {
+    panic::resume_unwind(payload)
 }
 
 /// # Safety

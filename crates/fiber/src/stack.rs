@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,8 +20,9 @@ use crate::signal;
 ///
 /// A stack taken from a [`StackPool`] goes back to that pool when dropped.
 pub struct Stack {
-    /// Start of the mapping (the guard page).
-    base: *mut u8,
+    /// Start of the mapping (the guard page). Non-null, so that an
+    /// `io::Result<Stack>` or `Option<Stack>` is no larger than a Stack.
+    base: NonNull<u8>,
     /// Length of the mapping, guard included.
     len: usize,
     pool: Option<Arc<PoolShared>>,
@@ -71,14 +73,19 @@ impl Stack {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // mmap never returns null for a request without MAP_FIXED (null is
+        // not a valid mapping address for it), but the check costs nothing.
+        let Some(base) = NonNull::new(base.cast::<u8>()) else {
+            return Err(io::Error::other("mmap returned null"));
+        };
         let stack = Stack {
-            base: base.cast(),
+            base,
             len,
             pool: None,
         };
         // SAFETY: the first page lies inside the mapping made above, which
         // nothing else references yet.
-        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+        if unsafe { libc::mprotect(base.as_ptr().cast(), page, libc::PROT_NONE) } != 0 {
             // Splitting off the guard needs a second mapping, which the kernel
             // refuses at its mapping limit (ENOMEM); dropping `stack` unmaps
             // the first one.
@@ -88,73 +95,173 @@ impl Stack {
     }
 
     /// Usable bytes (the guard page excluded).
+    #[inline]
     pub fn size(&self) -> usize {
         self.len - page_size()
     }
 
     /// The usable memory `[bottom, top)`; the guard page lies just below.
     pub fn range(&self) -> Range<usize> {
-        let top = self.base as usize + self.len;
-        (self.base as usize + page_size())..top
+        let base = self.base.as_ptr() as usize;
+        (base + page_size())..base + self.len
     }
 
     /// The guard page `[start, end)`.
     pub fn guard(&self) -> Range<usize> {
-        self.base as usize..self.base as usize + page_size()
+        let base = self.base.as_ptr() as usize;
+        base..base + page_size()
     }
 
     /// The highest address of the stack (exclusive), 16-byte aligned.
+    #[inline]
     pub(crate) fn top(&self) -> *mut u8 {
         // SAFETY: `base` and `len` describe one mapping (set by `Stack::map`,
         // never changed), so `base + len` is its one-past-the-end address,
         // which `add` may compute.
-        unsafe { self.base.add(self.len) }
+        unsafe { self.base.as_ptr().add(self.len) }
+    }
+}
+
+impl Stack {
+    /// What dropping does, for `Fiber::drop`, where drop glue for a type of
+    /// another crate might not be inlined.
+    ///
+    /// # Safety
+    /// Leaves the Stack owning nothing: it must not be used or dropped
+    /// afterwards.
+    #[inline]
+    pub(crate) unsafe fn release(&mut self) {
+        match self.pool.take() {
+            Some(pool) => recycle(self.base, pool),
+            None => unmap(self.base.as_ptr(), self.len),
+        }
     }
 }
 
 impl Drop for Stack {
+    #[inline]
     fn drop(&mut self) {
-        let Some(pool) = self.pool.take() else {
-            unmap(self.base, self.len);
-            return;
-        };
-        pool.count_return();
-        // The mapping moves into `recycled`; `self` keeps nothing to free.
-        let mut recycled = Some(Stack {
-            base: self.base,
-            len: self.len,
-            pool: Some(pool),
-        });
-        // Keep it as this thread's spare when the slot is free (no atomics),
-        // else hand it to its pool's shared cache. During thread exit the
-        // slot is gone and try_with fails: the shared cache takes it. (The
-        // stack stays outside the closure so that a closure that never runs
-        // cannot drop it.)
-        let _ = SPARE.try_with(|spare| {
-            let current = spare.take();
-            if current.is_none() {
-                spare.set(recycled.take());
-            } else {
-                spare.set(current);
-            }
-        });
-        if let Some(mut stack) = recycled {
-            let pool = stack.pool.take().expect("recycled stacks keep their pool");
-            pool.give_back(RawStack {
-                base: stack.base,
-                len: stack.len,
-            });
-            // The mapping went to the cache: `stack` must not unmap it.
-            std::mem::forget(stack);
+        // SAFETY: nothing uses `self` after `drop`.
+        unsafe { self.release() }
+    }
+}
+
+/// Gives a pooled stack back: to this thread's spare slot when it is free
+/// (no atomic operation, no shared cache line), else to its pool's cache.
+#[inline(always)]
+fn recycle(base: NonNull<u8>, pool: Arc<PoolShared>) {
+    let pool = Arc::into_raw(pool);
+    if !SPARE.with(|spare| spare.keep(base, pool)) {
+        recycle_slow(base, pool);
+    }
+}
+
+/// `recycle` when the spare slot is full, not armed yet, or closed.
+#[inline(never)]
+fn recycle_slow(base: NonNull<u8>, pool: *const PoolShared) {
+    let kept = SPARE.with(|spare| {
+        if spare.pool.get() == UNARMED && SPARE_AT_EXIT.try_with(|_| ()).is_ok() {
+            spare.pool.set(ptr::null());
+        }
+        spare.keep(base, pool)
+    });
+    if !kept {
+        // SAFETY: `pool` came from Arc::into_raw in `recycle` and was not
+        // kept.
+        let pool = unsafe { Arc::from_raw(pool) };
+        pool.give_back(base);
+    }
+}
+
+/// This thread's spare: the last pooled stack freed on it (if the slot was
+/// free), owned together with one count of its pool's `Arc`. The next `take`
+/// from that pool on this thread reuses it without touching the shared
+/// cache. Plain cells in a thread-local without a destructor, so the hot
+/// paths are a few loads and stores at a fixed offset of the thread pointer
+/// (a thread-local with a destructor checks its state on every access); the
+/// destructor that hands the spare back at thread exit lives in
+/// `SPARE_AT_EXIT`, registered when the slot is first used ("armed").
+struct Spare {
+    /// The slot's state: null when empty and armed; [`UNARMED`] before the
+    /// slot's first use on this thread; [`CLOSED`] once the thread is
+    /// exiting; else the `Arc::into_raw` of the spare's pool.
+    pool: Cell<*const PoolShared>,
+    /// The spare stack's mapping; its length is its pool's `stack_len`.
+    base: Cell<NonNull<u8>>,
+    /// Stacks this thread gave back to its spare slot since the last trim
+    /// window it ended: the pools' clock for stacks that never reach their
+    /// shared cache.
+    returns: Cell<usize>,
+}
+
+/// [`Spare::pool`] before `SPARE_AT_EXIT` is registered on this thread.
+const UNARMED: *const PoolShared = ptr::without_provenance(1);
+/// [`Spare::pool`] from `SPARE_AT_EXIT`'s destructor on: the slot is gone.
+const CLOSED: *const PoolShared = ptr::without_provenance(2);
+
+impl Spare {
+    /// Keeps the stack at `base` of the pool `pool` (an `Arc::into_raw`
+    /// count, which moves here) if the slot is empty and armed.
+    #[inline(always)]
+    fn keep(&self, base: NonNull<u8>, pool: *const PoolShared) -> bool {
+        if !self.pool.get().is_null() {
+            return false;
+        }
+        self.base.set(base);
+        self.pool.set(pool);
+        let returns = self.returns.get() + 1;
+        self.returns.set(returns);
+        if returns >= TRIM_WINDOW {
+            self.returns.set(0);
+            // SAFETY: the pool's count now belongs to the spare, which
+            // outlives this call, so the pool is alive.
+            unsafe { (*pool).end_window() };
+        }
+        true
+    }
+
+    /// Takes the spare if it belongs to `pool`: its base and its count of
+    /// the pool's Arc.
+    #[inline(always)]
+    fn take_if_of(&self, pool: &Arc<PoolShared>) -> Option<(NonNull<u8>, Arc<PoolShared>)> {
+        let own = self.pool.get();
+        // The states UNARMED and CLOSED are no Arc's address.
+        if own != Arc::as_ptr(pool) {
+            return None;
+        }
+        self.pool.set(ptr::null());
+        // SAFETY: a `pool` cell holding an Arc's address owns a count of it,
+        // taken by `Arc::into_raw` (in `recycle`); clearing the cell above
+        // moved it here.
+        Some((self.base.get(), unsafe { Arc::from_raw(own) }))
+    }
+}
+
+/// Hands this thread's spare back to its pool's shared cache at thread exit
+/// and closes the slot.
+struct SpareAtExit;
+
+impl Drop for SpareAtExit {
+    fn drop(&mut self) {
+        // A no-destructor thread-local stays usable while destructors run.
+        let own = SPARE.with(|spare| spare.pool.replace(CLOSED));
+        if own != UNARMED && !own.is_null() {
+            // SAFETY: as in `take_if_of`: the cell owned this count.
+            let pool = unsafe { Arc::from_raw(own) };
+            pool.give_back(SPARE.with(|spare| spare.base.get()));
         }
     }
 }
 
 thread_local! {
-    /// The last pooled stack freed on this thread, with its pool: the next
-    /// `take` from that pool on this thread reuses it without touching the
-    /// shared cache. At most one stack per thread waits here.
-    static SPARE: Cell<Option<Stack>> = const { Cell::new(None) };
+    static SPARE: Spare = const {
+        Spare {
+            pool: Cell::new(UNARMED),
+            base: Cell::new(NonNull::dangling()),
+            returns: Cell::new(0),
+        }
+    };
+    static SPARE_AT_EXIT: SpareAtExit = const { SpareAtExit };
 }
 
 impl std::fmt::Debug for Stack {
@@ -191,10 +298,10 @@ pub(crate) fn page_size() -> usize {
     }
 }
 
-/// A cached stack: the mapping without its owner.
+/// A cached stack: the mapping without its owner (its length is the
+/// pool's `stack_len`).
 struct RawStack {
-    base: *mut u8,
-    len: usize,
+    base: NonNull<u8>,
 }
 
 // SAFETY: see `impl Send for Stack`; a RawStack is a Stack at rest in a pool.
@@ -234,24 +341,33 @@ impl Default for PoolConfig {
 /// call and no lock. Cheap to clone; clones share the cache.
 ///
 /// Each thread keeps the last pooled stack it freed as a spare that its next
-/// `take` reuses without any atomic operation (fibers that start and finish
-/// on one thread cycle through it). Behind the spares, the cache is a
-/// lock-free bounded queue of [`PoolConfig::max_cached`]
-/// stacks; a stack returned to a full cache is unmapped. The cache also
-/// trims itself: every [`TRIM_WINDOW`] returns, half of the stacks that sat
-/// unused through the whole window are unmapped, so a burst leaves no
-/// lasting cost. A recycled stack keeps the pages its last fiber touched
-/// (no `madvise` on the hot path); trimming is what gives memory back.
+/// `take` from the same pool reuses (fibers that start and finish on one
+/// thread cycle through it): a thread-local slot, so that round trip costs
+/// a few loads and stores, with no atomic operation, no lock and no shared
+/// cache line. A stack freed on another thread than the one that took it
+/// simply becomes that thread's spare (or goes to the shared cache). Behind
+/// the spares, the cache is a lock-free bounded queue of
+/// [`PoolConfig::max_cached`] stacks; a stack returned to a full cache is
+/// unmapped, and a thread's spare goes to the cache when the thread exits.
+/// The cache also trims itself: every [`TRIM_WINDOW`] returns, half of the
+/// stacks that sat unused through the whole window are unmapped, so a burst
+/// leaves no lasting cost. A recycled stack keeps the pages its last fiber
+/// touched (no `madvise` on the hot path); trimming is what gives memory
+/// back.
 #[derive(Clone)]
 pub struct StackPool {
     shared: Arc<PoolShared>,
 }
 
-/// Stack returns between two self-trims of a [`StackPool`].
+/// Stack returns between two self-trim checks of a [`StackPool`]: counted per
+/// pool for returns to its shared cache, and per thread for returns to that
+/// thread's spare slot (so the hot path touches no shared counter).
 pub const TRIM_WINDOW: usize = 4096;
 
 struct PoolShared {
     config: PoolConfig,
+    /// Length of each stack's mapping, guard page included.
+    stack_len: usize,
     cache: ArrayQueue<RawStack>,
     /// Fewest cached stacks seen by `take` since the window began: that
     /// many were never needed during the window. Updated with plain loads
@@ -282,6 +398,7 @@ impl StackPool {
                     max_cached,
                     ..config
                 },
+                stack_len: stack_size.saturating_add(page),
                 cache: ArrayQueue::new(max_cached),
                 low_water: AtomicUsize::new(0),
                 returns_in_window: AtomicUsize::new(0),
@@ -300,56 +417,49 @@ impl StackPool {
 
     /// A cached stack, or a freshly mapped one when the cache is empty.
     /// The stack returns to this pool when dropped.
+    #[inline]
     pub fn take(&self) -> io::Result<Stack> {
-        let spare = SPARE
-            .try_with(|spare| match spare.take() {
-                Some(stack) if self.owns(&stack) => Some(stack),
-                other => {
-                    spare.set(other);
-                    None
-                }
-            })
-            .ok()
-            .flatten();
-        if let Some(stack) = spare {
-            return Ok(stack);
-        }
+        // Both ways end in scalars, so an inlined `take` builds the Stack in
+        // registers.
+        let (base, pool) = match SPARE.with(|spare| spare.take_if_of(&self.shared)) {
+            Some(spare) => spare,
+            None => (self.take_shared()?, self.shared.clone()),
+        };
+        Ok(Stack {
+            base,
+            len: self.shared.stack_len,
+            pool: Some(pool),
+        })
+    }
+
+    /// The base of a stack from the shared cache, or of a new one.
+    #[inline(never)]
+    fn take_shared(&self) -> io::Result<NonNull<u8>> {
         let shared = &self.shared;
-        let raw = match shared.cache.pop() {
+        match shared.cache.pop() {
             Some(raw) => {
                 let left = shared.cache.len();
                 if left < shared.low_water.load(Ordering::Relaxed) {
                     shared.low_water.store(left, Ordering::Relaxed);
                 }
-                raw
+                Ok(raw.base)
             }
             None => {
                 shared.low_water.store(0, Ordering::Relaxed);
                 let fresh = ManuallyDrop::new(Stack::new(shared.config.stack_size)?);
-                RawStack {
-                    base: fresh.base,
-                    len: fresh.len,
-                }
+                debug_assert_eq!(fresh.len, shared.stack_len);
+                Ok(fresh.base)
             }
-        };
-        Ok(Stack {
-            base: raw.base,
-            len: raw.len,
-            pool: Some(shared.clone()),
-        })
+        }
     }
 
     /// Unmaps every cached stack (the calling thread's spare included).
     pub fn trim(&self) {
-        let _ = SPARE.try_with(|spare| match spare.take() {
-            Some(stack) if self.owns(&stack) => {
-                let mut stack = stack;
-                let _pool = stack.pool.take();
-            }
-            other => spare.set(other),
-        });
+        if let Some((base, _pool)) = SPARE.with(|spare| spare.take_if_of(&self.shared)) {
+            unmap(base.as_ptr(), self.shared.stack_len);
+        }
         while let Some(raw) = self.shared.cache.pop() {
-            unmap(raw.base, raw.len);
+            unmap(raw.base.as_ptr(), self.shared.stack_len);
         }
         self.shared.low_water.store(0, Ordering::Relaxed);
     }
@@ -359,44 +469,43 @@ impl StackPool {
     /// spares, at most one each, are not visible from here.)
     pub fn cached(&self) -> usize {
         let spare = SPARE
-            .try_with(|spare| {
-                let stack = spare.take();
-                let mine = stack.as_ref().is_some_and(|s| self.owns(s));
-                spare.set(stack);
-                usize::from(mine)
-            })
+            .try_with(|spare| usize::from(spare.pool.get() == Arc::as_ptr(&self.shared)))
             .unwrap_or(0);
         self.shared.cache.len() + spare
-    }
-
-    fn owns(&self, stack: &Stack) -> bool {
-        stack
-            .pool
-            .as_ref()
-            .is_some_and(|pool| Arc::ptr_eq(pool, &self.shared))
     }
 }
 
 impl PoolShared {
-    fn give_back(&self, raw: RawStack) {
-        if let Err(raw) = self.cache.push(raw) {
-            unmap(raw.base, raw.len);
+    /// Caches a stack of this pool, or unmaps it when the cache is full.
+    /// Every [`TRIM_WINDOW`] stacks given back here end a trim window.
+    #[inline(never)]
+    fn give_back(&self, base: NonNull<u8>) {
+        if let Err(raw) = self.cache.push(RawStack { base }) {
+            unmap(raw.base.as_ptr(), self.stack_len);
         }
-    }
-
-    /// Counts one stack return (to a spare or to the cache); at the end of a
-    /// window, unmaps half of the cached stacks that stayed idle all along.
-    /// The clock is read once per [`TRIM_WINDOW`] returns, off the hot path.
-    fn count_return(&self) {
-        let Some(trim_after) = self.config.trim_after else {
+        if self.config.trim_after.is_none() {
             return;
-        };
+        }
         let returns = self.returns_in_window.load(Ordering::Relaxed) + 1;
         if returns < TRIM_WINDOW {
             self.returns_in_window.store(returns, Ordering::Relaxed);
             return;
         }
         self.returns_in_window.store(0, Ordering::Relaxed);
+        self.end_window();
+    }
+
+    /// Ends a trim window (called every [`TRIM_WINDOW`] stacks given back,
+    /// counted per pool for its shared cache and per thread for the spare
+    /// slots): if `trim_after` has passed since the window began, unmaps
+    /// half of the cached stacks that stayed idle all along. The clock is
+    /// read only here, off the hot path.
+    #[cold]
+    #[inline(never)]
+    fn end_window(&self) {
+        let Some(trim_after) = self.config.trim_after else {
+            return;
+        };
         let now = self.created.elapsed().as_nanos() as u64;
         let window_start = self.window_start_nanos.load(Ordering::Relaxed);
         if now.saturating_sub(window_start) < trim_after.as_nanos() as u64 {
@@ -407,7 +516,7 @@ impl PoolShared {
         let idle = self.low_water.load(Ordering::Relaxed).min(self.cache.len());
         for _ in 0..idle / 2 {
             match self.cache.pop() {
-                Some(raw) => unmap(raw.base, raw.len),
+                Some(raw) => unmap(raw.base.as_ptr(), self.stack_len),
                 None => break,
             }
         }
@@ -418,7 +527,7 @@ impl PoolShared {
 impl Drop for PoolShared {
     fn drop(&mut self) {
         while let Some(raw) = self.cache.pop() {
-            unmap(raw.base, raw.len);
+            unmap(raw.base.as_ptr(), self.stack_len);
         }
     }
 }

@@ -220,3 +220,75 @@ fn many_suspended_fibers_keep_their_own_state() {
         assert_eq!(fiber.resume(2), FiberResult::Return(expected[id]));
     }
 }
+
+/// Values travel in a register when they fit in a word and by address when
+/// they do not; both ways, with padding, niches, zero sizes and destructors.
+#[test]
+fn values_of_every_shape_cross_the_switch() {
+    fn round_trip<T>(values: Vec<T>)
+    where
+        T: Clone + PartialEq + std::fmt::Debug + Send + 'static,
+    {
+        let expected = values.clone();
+        let mut fiber = Fiber::new(move |s: &Suspender<T, T>, first: T| {
+            let mut seen = vec![first];
+            for v in &values {
+                seen.push(s.suspend(v.clone()));
+            }
+            seen
+        });
+        let mut inputs = expected.clone();
+        inputs.insert(0, expected[0].clone());
+        let mut yielded = Vec::new();
+        let mut sent = Vec::new();
+        for input in inputs {
+            sent.push(input.clone());
+            match fiber.resume(input) {
+                FiberResult::Yield(y) => yielded.push(y),
+                FiberResult::Return(seen) => {
+                    assert_eq!(seen, sent);
+                    assert_eq!(yielded, expected);
+                    return;
+                }
+            }
+        }
+        panic!("the fiber did not return");
+    }
+    round_trip(vec![(), ()]);
+    round_trip(vec![7u8, 0, 255]);
+    round_trip(vec![(1u8, 0x0102_0304u32), (9, 0)]);
+    round_trip(vec![Some(5u32), None, Some(u32::MAX)]);
+    round_trip(vec![[1u8, 2, 3], [4, 5, 6]]);
+    round_trip(vec![u128::MAX, 1 << 100]);
+    round_trip(vec![Some(Box::new(3u64)), None]);
+    round_trip(vec![
+        "a".to_string(),
+        "long enough to be on the heap".repeat(3),
+    ]);
+    round_trip(vec![[0x5au8; 100], [0xa5; 100]]);
+}
+
+#[test]
+fn a_pooled_stack_freed_on_another_thread_returns_to_its_pool() {
+    let pool = StackPool::new(PoolConfig {
+        stack_size: 32 * 1024,
+        max_cached: 4,
+        ..PoolConfig::default()
+    });
+    let mut fiber = Fiber::with_stack(pool.take().unwrap(), |s: &Suspender<(), u32>, ()| {
+        s.suspend(1);
+        2
+    });
+    assert_eq!(fiber.resume(()), FiberResult::Yield(1));
+    let range = fiber.stack().range();
+    std::thread::spawn(move || {
+        assert_eq!(fiber.resume(()), FiberResult::Return(2));
+        // The stack becomes this thread's spare, then, when the thread
+        // exits, goes to the pool's shared cache.
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pool.cached(), 1);
+    let again = Fiber::with_stack(pool.take().unwrap(), |_: &Suspender, ()| ());
+    assert_eq!(again.stack().range(), range);
+}

@@ -6,7 +6,8 @@
 // fiber is suspended the slot holds the fiber's saved stack pointer; while it
 // runs, it holds the resumer's. Resume and suspend are the same operation:
 // save our callee-saved registers on our own stack, exchange sp with the
-// slot, restore the other side's registers and return into it.
+// slot, restore the other side's registers and return into it, handing over
+// two words in registers (x1 and x2 in, x0 and x1 out on the other side).
 //
 // Saved registers (everything AAPCS64 makes callee-saved, nothing else):
 //   x19-x28               general-purpose callee-saved
@@ -27,8 +28,10 @@
 
     .text
 
-// usize weft_fiber_switch(void **slot /* x0 */, usize arg /* x1 */)
-// Returns, on the other side, the `arg` this side passed.
+// (usize, usize) weft_fiber_switch(void **slot /* x0 */, usize a /* x1 */,
+//                                  usize b /* x2 */)
+// Returns, on the other side, the `a` and `b` this side passed, in x0 and x1
+// (a 16-byte struct return).
     .global weft_fiber_switch
     .hidden weft_fiber_switch
     .type weft_fiber_switch, %function
@@ -108,20 +111,23 @@ weft_fiber_switch:
     .cfi_restore x29
     .cfi_restore x30
     mov x0, x1
+    mov x1, x2
     ret
     .cfi_endproc
     .size weft_fiber_switch, .-weft_fiber_switch
 
-// void **weft_fiber_init(u8 *top /* x0, 16-aligned */,
-//                        void (*entry)(void *init, usize arg, void **slot) /* x1 */,
-//                        void *init /* x2 */)
-// Lays out, just below `top`, the switch slot and a first frame shaped like
-// the one weft_fiber_switch saves, whose return address is weft_fiber_start.
-// Returns the slot. Uses the top 176 bytes below `top`.
+// void *weft_fiber_init(u8 *top /* x0, 16-aligned */,
+//                       void (*entry)(usize word, void **slot) /* x1 */)
+// Lays out, just below `top`, a first frame shaped like the one
+// weft_fiber_switch saves, whose return address is weft_fiber_start, and
+// stores its address in the switch slot. Returns that address, the fiber's
+// first stack pointer, 160 bytes below the slot. Uses the top 176 bytes below
+// `top`; only the words weft_fiber_start reads are written (the other saved
+// registers of a fiber that has not started hold nothing yet), and a 0 above
+// the slot that ends frame-pointer walks (x29 is the slot's address there):
 //   top-8    0
 //   top-16   switch slot = top-176
-//   top-176  d8-d15 = 0, x19 = entry, x20 = init, x21-x28 = 0,
-//            x29 = slot, x30 = weft_fiber_start
+//   top-176  +64 x19 = entry, +144 x29 = slot, +152 x30 = weft_fiber_start
     .global weft_fiber_init
     .hidden weft_fiber_init
     .type weft_fiber_init, %function
@@ -131,26 +137,18 @@ weft_fiber_init:
     sub x3, x0, #16
     str xzr, [x3, #8]
     sub x4, x0, #176
-    stp xzr, xzr, [x4, #0]
-    stp xzr, xzr, [x4, #16]
-    stp xzr, xzr, [x4, #32]
-    stp xzr, xzr, [x4, #48]
-    stp x1, x2, [x4, #64]
-    stp xzr, xzr, [x4, #80]
-    stp xzr, xzr, [x4, #96]
-    stp xzr, xzr, [x4, #112]
-    stp xzr, xzr, [x4, #128]
+    str x1, [x4, #64]
     adr x5, weft_fiber_start
     stp x3, x5, [x4, #144]
     str x4, [x3]
-    mov x0, x3
+    mov x0, x4
     ret
     .cfi_endproc
     .size weft_fiber_init, .-weft_fiber_init
 
 // The first frame of every fiber. The first switch into the fiber "returns"
-// here with x19 = entry, x20 = init, x29 = slot and x1 = the resumer's arg
-// (weft_fiber_switch leaves x1 alone); sp = top-16, 16-byte aligned.
+// here with x19 = entry, x29 = slot and x0 = the resumer's first word;
+// sp = top-16, 16-byte aligned. It calls entry(word, slot).
 //
 // Its CFI makes unwinders continue into the resumer: while the fiber runs,
 // the slot holds the resumer's sp, pointing at the 160-byte frame
@@ -186,8 +184,7 @@ weft_fiber_start:
     .cfi_offset d10, -144
     .cfi_offset d9, -152
     .cfi_offset d8, -160
-    mov x0, x20
-    mov x2, x29
+    mov x1, x29
     blr x19
     // entry never returns: it leaves the fiber with a final switch.
     brk #1

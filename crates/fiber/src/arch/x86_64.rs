@@ -27,113 +27,159 @@
 //! more than the rest of the switch. Code that changes them must restore them
 //! before it suspends (corosensei and wasmtime's fibers decide the same).
 //!
-//! # Stack layout
-//! The 8-byte switch slot 16 bytes below the stack top holds the fiber's
-//! stack pointer while it is suspended and the resumer's while it runs.
+//! # Stack layout and registers
 //! A suspended fiber's stack pointer points at its continuation address,
-//! with its rbx and rbp above it. A running fiber's resumer stack pointer
-//! points at the return address `resume` pushed, with rbx and rbp above it.
+//! with its rbx and rbp above it; the [`Fiber`](crate::Fiber) keeps that
+//! stack pointer, and `resume` hands it over in rdx, so entering the fiber is
+//! one load and an indirect `call`. `suspend` passes its new stack pointer
+//! back in rdx (0 from [`finish`]: the fiber is done), which the resumer
+//! stores. The 8-byte switch slot 16 bytes below the stack top holds the
+//! resumer's stack pointer while the fiber runs (written on every entry;
+//! `resume` passes its address in rsi), pointing at the return address
+//! `resume`'s `call` pushed, with rbx and rbp above it. The value word
+//! travels in rdi both ways, the unwind request into the fiber in rcx. So a
+//! round trip writes only the two stacks, the slot and the Fiber's
+//! stack-pointer field, and a value that fits in a word never goes through
+//! memory.
+//!
 //! `init` lays out a first frame of the same shape whose continuation is
-//! `weft_fiber_start`:
+//! `weft_fiber_start` (the slot is written by the first entry; the 0 above
+//! it ends frame-pointer walks, rbp being the slot's address in the first
+//! frame):
 //! ```text
 //!   top-8   0
-//!   top-16  switch slot = top-40
-//!   top-24  init (the body's address)
-//!   top-32  entry
-//!   top-40  weft_fiber_start
+//!   top-16  switch slot
+//!   top-24  entry
+//!   top-32  weft_fiber_start   <- the first stack pointer
 //! ```
 
 use core::arch::{asm, global_asm};
 
-use super::Entry;
+use super::{Entry, Word};
 
-/// Bytes below the stack top that [`init`] writes.
-pub const INIT_FRAME_BYTES: usize = 40;
+/// Bytes below the stack top that [`init`] reserves.
+pub const INIT_FRAME_BYTES: usize = 32;
 
-/// Lays out the switch slot and first frame below the 16-byte aligned `top`.
+/// How far below the switch slot the stack pointer [`init`] returns lies.
+pub const FIRST_SP_BELOW_SLOT: usize = 16;
+
+/// Lays out the first frame below the 16-byte aligned `top`; returns the
+/// fiber's first stack pointer. The switch slot is at `top - SLOT_OFFSET`.
 ///
 /// # Safety
 /// `[top - INIT_FRAME_BYTES, top)` must be writable memory of a stack that no
 /// fiber is running on.
-pub unsafe fn init(top: *mut u8, entry: Entry, init: *mut u8) -> *mut *mut u8 {
+#[inline]
+pub unsafe fn init(top: *mut u8, entry: Entry) -> *mut u8 {
     let top = top.cast::<usize>();
     // SAFETY: per the function contract; top is 16-byte (so 8-byte) aligned.
     unsafe {
         top.sub(1).write(0);
-        top.sub(3).write(init as usize);
-        top.sub(4).write(entry as usize);
-        top.sub(5).write(weft_fiber_start as *const () as usize);
-        top.sub(2).write(top.sub(5) as usize);
-        top.sub(2).cast()
+        top.sub(3).write(entry as usize);
+        top.sub(4).write(weft_fiber_start as *const () as usize);
+        top.sub(4).cast()
     }
 }
 
-/// Runs the fiber whose switch slot is `slot` until it suspends; returns
-/// the value it passes to `suspend`.
+/// Runs the fiber whose saved stack pointer is `sp` and switch slot `slot`
+/// until it suspends, passing it `word` and `unwind`; returns the fiber's new
+/// stack pointer (null once it has finished) and the word it passed back.
 ///
 /// # Safety
-/// `slot` must hold the stack pointer of a suspended (or `init`ialised)
-/// fiber that is not running anywhere else.
+/// `sp` must be the stack pointer of a suspended (or `init`ialised) fiber
+/// that is not running anywhere else, and `slot` the switch slot of its
+/// stack.
 #[inline(always)]
-pub unsafe fn resume(slot: *mut *mut u8, arg: usize) -> usize {
-    let returned: usize;
-    // SAFETY: per the function contract, [slot] is the fiber's stack pointer
-    // and points at its continuation (weft_fiber_start or label 2 of
-    // `suspend`), which expects rax = fiber sp, rdx = slot, rdi = arg and our
-    // return address on top of our stack, and comes back with a `ret` to it
-    // and rdi = the fiber's value.
+pub unsafe fn resume(
+    sp: *mut u8,
+    slot: *mut *mut u8,
+    word: Word,
+    unwind: usize,
+) -> (*mut u8, Word) {
+    let (new_sp, returned): (*mut u8, Word);
+    // SAFETY: per the function contract, sp points at the fiber's
+    // continuation (weft_fiber_start or label 2 of `suspend`), which expects
+    // rdx = its sp, rsi = slot, rdi = word, rcx = unwind and our return
+    // address on top of our stack, and comes back with a `ret` to it,
+    // rdx = its new sp (or 0) and rdi = its word.
     unsafe {
         asm!(
             "push rbp",
             "push rbx",
-            "mov rax, [rdx]",
-            "call [rax]",
+            "call [rdx]",
             "pop rbx",
             "pop rbp",
-            inlateout("rdi") arg => returned,
-            inlateout("rdx") slot => _,
+            inlateout("rdx") sp => new_sp,
+            inlateout("rdi") word => returned,
+            inlateout("rsi") slot => _,
+            inlateout("rcx") unwind => _,
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
             clobber_abi("sysv64"),
         );
     }
-    returned
+    (new_sp, returned)
 }
 
-/// Suspends the running fiber whose switch slot is `slot`, passing `arg` to
-/// its resumer; returns the value of the next `resume`.
+/// Suspends the running fiber whose switch slot is `slot`, passing `word` to
+/// its resumer; returns the word and unwind request of the next `resume`.
 ///
 /// # Safety
-/// Must run on the fiber stack of `slot`, started by a `resume` whose
+/// Must run on the fiber stack of `slot`, entered by a `resume` whose
 /// return address [slot] points at.
 #[inline(always)]
-pub unsafe fn suspend(slot: *mut *mut u8, arg: usize) -> usize {
-    let resumed_with: usize;
+pub unsafe fn suspend(slot: *mut *mut u8, word: Word) -> (Word, usize) {
+    let (resumed_with, unwind): (Word, usize);
     // SAFETY: per the function contract, [slot] is the resumer's stack
-    // pointer, pointing at the return address of its `call`; we leave our
-    // own stack pointer in the slot, pointing at our continuation (label 2),
-    // which the next `resume` calls with rax = our sp, rdx = slot, rdi = arg.
+    // pointer, pointing at the return address of its `call`, which expects
+    // rdx = our sp and rdi = our word. Our stack pointer, handed over in rdx,
+    // points at our continuation (label 2), which the next `resume` calls
+    // with rdx = that sp, rsi = slot, rdi = its word and rcx = unwind.
     unsafe {
         asm!(
             "push rbp",
             "push rbx",
             "lea rax, [rip + 2f]",
             "push rax",
-            "mov rcx, rsp",
-            "mov rsp, [rdx]",
-            "mov [rdx], rcx",
+            "mov rdx, rsp",
+            "mov rsp, [rsi]",
             "ret",
             "2:",
-            "mov [rdx], rsp",
-            "lea rsp, [rax + 8]",
+            "mov [rsi], rsp",
+            "lea rsp, [rdx + 8]",
             "pop rbx",
             "pop rbp",
-            inlateout("rdi") arg => resumed_with,
-            inlateout("rdx") slot => _,
+            inlateout("rdi") word => resumed_with,
+            inlateout("rsi") slot => _,
+            lateout("rcx") unwind,
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
             clobber_abi("sysv64"),
         );
     }
-    resumed_with
+    (resumed_with, unwind)
+}
+
+/// The fiber's last switch: passes `word` to its resumer with a null stack
+/// pointer, which tells it the fiber has finished, and never comes back.
+///
+/// # Safety
+/// As [`suspend`]; nothing left on the fiber stack may need dropping, and
+/// whatever `word` points at on it stays valid (the stack is not reused
+/// before the resumer has read it).
+#[inline(always)]
+pub unsafe fn finish(slot: *mut *mut u8, word: Word) -> ! {
+    // SAFETY: per the function contract, [slot] is the resumer's stack
+    // pointer, pointing at the return address of its `call`; rdx = 0 and
+    // rdi = word is what that return expects from a finished fiber.
+    unsafe {
+        asm!(
+            "xor edx, edx",
+            "mov rsp, [rsi]",
+            "ret",
+            in("rsi") slot,
+            in("rdi") word,
+            options(noreturn),
+        );
+    }
 }
 
 unsafe extern "C" {
@@ -141,10 +187,11 @@ unsafe extern "C" {
 }
 
 // The first frame of every fiber, reached from `resume`'s `call` with
-// rax = the fiber sp (pointing at this function's address, then entry, then
-// init), rdx = slot, rdi = arg and the resumer's return address on top of
-// rsp. It records the resumer's stack pointer in the slot, moves to the fiber
-// stack and calls entry(init, arg, slot) with rsp = top-16, 16-byte aligned.
+// rdx = the fiber sp (pointing at this function's address, then entry),
+// rsi = slot, rdi = word and the resumer's return address on top of rsp. It
+// records the resumer's stack pointer in the slot, moves to the fiber stack
+// and calls entry(word, slot) (already in rdi and rsi) with rsp = top-16,
+// 16-byte aligned.
 //
 // Its CFI makes unwinders continue into the resumer. While the fiber runs
 // the slot holds the resumer's stack pointer, pointing at `resume`'s return
@@ -167,14 +214,11 @@ global_asm!(
     ".cfi_offset 16, -24",
     ".cfi_offset rbx, -16",
     ".cfi_offset rbp, -8",
-    "mov [rdx], rsp",
-    "lea rsp, [rax + 8]",
-    "mov rsi, rdi",
-    "pop rcx",
-    "pop rdi",
-    "mov rbp, rdx",
-    "call rcx",
-    // entry never returns: it leaves the fiber with a final suspend.
+    "mov [rsi], rsp",
+    "lea rsp, [rdx + 16]",
+    "mov rbp, rsi",
+    "call [rdx + 8]",
+    // entry never returns: it leaves the fiber with `finish`.
     "ud2",
     ".cfi_endproc",
     ".size weft_fiber_start, .-weft_fiber_start",

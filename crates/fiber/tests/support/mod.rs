@@ -26,7 +26,19 @@ pub struct ChildOutcome {
 /// with `env_var=mode`.
 pub fn run_child(env_var: &str, mode: &str) -> ChildOutcome {
     use std::os::unix::process::ExitStatusExt;
-    let out = Command::new(std::env::current_exe().unwrap())
+    // Under an emulator (`cargo xtask test-aarch64` runs these under qemu-user) the child must
+    // be started through it too: the binary is not native.
+    let runner = std::env::var("WEFT_TEST_CHILD_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    let mut command = match runner.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(runner).arg(std::env::current_exe().unwrap());
+            command
+        }
+        None => Command::new(std::env::current_exe().unwrap()),
+    };
+    let out = command
         .args([
             "--exact",
             "child_process_entry",
