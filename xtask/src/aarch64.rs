@@ -46,10 +46,9 @@ pub fn test() -> Result {
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
                 "aarch64-linux-gnu-gcc",
             )
-            .env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
-                "qemu-aarch64 -L /usr/aarch64-linux-gnu",
-            ))?;
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", QEMU)
+            // Tests that re-run their own binary as a child start it through qemu as well.
+            .env("WEFT_TEST_CHILD_RUNNER", QEMU))?;
     } else {
         eprintln!(
             "xtask: the Rust aarch64-unknown-linux-gnu target is not installed, so weft-fiber's \
@@ -59,6 +58,9 @@ pub fn test() -> Result {
     }
     Ok(())
 }
+
+/// How an aarch64 Linux binary runs here.
+const QEMU: &str = "qemu-aarch64 -L /usr/aarch64-linux-gnu";
 
 fn rust_target_installed(target: &str) -> bool {
     if !have("rustup") {
