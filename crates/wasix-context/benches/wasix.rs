@@ -3,7 +3,9 @@
 //! Each figure is the median of several runs, each in a fresh store.
 //!
 //! `WEFT_BENCH_STACKS=pool|wasmtime` picks where context stacks come from (default: the
-//! crate's default); `WEFT_BENCH_CHURN=1` adds a create+run+destroy line, where that matters.
+//! crate's default); `WEFT_BENCH_CHURN=1` adds a create+run+destroy line, where that matters;
+//! `WEFT_BENCH_REWRITE=0` runs the guest as built, without the load-time rewrite that weft's
+//! front ends apply (`rewrite_guest`: the guest saves its own `__stack_pointer`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,7 +95,12 @@ impl Bench {
         let mut engine_config = Config::new();
         config.configure_engine(&mut engine_config);
         let engine = Engine::new(&engine_config).unwrap();
-        let module = Module::from_file(&engine, guest()).unwrap();
+        let wasm = std::fs::read(guest()).unwrap();
+        let module = if std::env::var("WEFT_BENCH_REWRITE").as_deref() == Ok("0") {
+            Module::new(&engine, &wasm).unwrap()
+        } else {
+            Module::new(&engine, &*weft_wasix_context::rewrite_guest(&wasm)).unwrap()
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host: &mut Host| &mut host.wasi)
             .unwrap();

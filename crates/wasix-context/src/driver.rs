@@ -40,6 +40,9 @@ where
     /// The active context and its future, out of the table while it runs (invariant 2 of
     /// `context_future`).
     running: Option<(ContextId, ContextFuture)>,
+    /// Main called through a rewritten guest's switch wrapper, which restores main's
+    /// `__stack_pointer` itself when its switch returns.
+    main_restores_itself: bool,
 }
 
 impl<'a, T, G> Driver<'a, T, G>
@@ -49,32 +52,40 @@ where
 {
     /// Switches from main to `target` (a suspended context, checked by the caller) and
     /// returns the future that runs contexts until main is switched back to.
+    /// `main_stack_pointer` is given when main's own switch wrapper restores it.
     pub fn start(
         mut store: StoreContextMut<'a, T>,
         get: G,
         target: ContextId,
+        main_stack_pointer: Option<u32>,
     ) -> wasmtime::Result<Self> {
         let state = get(store.data_mut());
         let guest = state
             .guest
             .expect("a context exists, so the guest was bound when it was created");
-        let main_sp = guest.stack_pointer.get(&mut store);
+        let main_sp = match main_stack_pointer {
+            Some(sp) => sp,
+            None => guest.stack_pointer.get(&mut store),
+        };
         let state = get(store.data_mut());
         state.main_stack_pointer = main_sp;
         state.requested_switch = None;
+        state.switch_stack_pointer = None;
         state.table.switch(MAIN_CONTEXT, target);
         let mut driver = Driver {
             store,
             get,
             guest,
             running: None,
+            main_restores_itself: main_stack_pointer.is_some(),
         };
         driver.enter(target);
         Ok(driver)
     }
 
     /// Makes `id` (now active in the table) the running context: restores its stack
-    /// pointer and takes out its future, starting its entrypoint on first entry.
+    /// pointer (unless its switch wrapper will) and takes out its future, starting its
+    /// entrypoint on first entry.
     fn enter(&mut self, id: ContextId) {
         let state = (self.get)(self.store.data_mut());
         let owner = Owner::of(state);
@@ -82,14 +93,16 @@ where
             .table
             .payload_mut(id)
             .expect("the active context is in the table");
-        let sp = slot.saved_stack_pointer;
+        let sp = (!slot.restores_itself).then_some(slot.saved_stack_pointer);
         let future = slot.future.take();
         let entrypoint = if future.is_none() {
             slot.entrypoint.take()
         } else {
             None
         };
-        self.guest.stack_pointer.set(&mut self.store, sp);
+        if let Some(sp) = sp {
+            self.guest.stack_pointer.set(&mut self.store, sp);
+        }
         let future = match (future, entrypoint) {
             (Some(future), _) => future,
             (None, Some(entrypoint)) => {
@@ -158,7 +171,11 @@ where
                     };
                     // Before its stack pointer is saved: a context that overflowed must not
                     // run again, nor let anyone else run over what it overwrote.
-                    let sp = this.guest.stack_pointer.get(&mut this.store);
+                    // A rewritten guest passed its stack pointer, and restores it on return.
+                    let (sp, restores_itself) = match state.switch_stack_pointer.take() {
+                        Some(sp) => (sp, true),
+                        None => (this.guest.stack_pointer.get(&mut this.store), false),
+                    };
                     if let Err(overflow) = check_active_at(&mut this.store, this.get, sp) {
                         this.terminate_running();
                         return Poll::Ready(Err(overflow.into()));
@@ -170,11 +187,14 @@ where
                         .payload_mut(id)
                         .expect("the running context is in the table");
                     slot.saved_stack_pointer = sp;
+                    slot.restores_itself = restores_itself;
                     slot.future = Some(future);
                     state.table.switch(id, target);
                     if target == MAIN_CONTEXT {
-                        let main_sp = state.main_stack_pointer;
-                        this.guest.stack_pointer.set(&mut this.store, main_sp);
+                        if !this.main_restores_itself {
+                            let main_sp = state.main_stack_pointer;
+                            this.guest.stack_pointer.set(&mut this.store, main_sp);
+                        }
                         return Poll::Ready(Ok(Ended::SwitchedToMain));
                     }
                     this.enter(target);

@@ -3,6 +3,7 @@
 //! naming the first import a linker does not provide. Nothing a user passes crashes the host:
 //! each case is a clear error.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use wasmtime::{AsContextMut, Engine, ExternType, Linker, Module};
@@ -129,12 +130,22 @@ pub enum LoadError {
 
 /// Reads, compiles and checks the core module at `path` for `engine`: the first step of every
 /// front end. Guests that import the context API must export what it needs ([`check_module`](crate::check_module)).
+/// Guests that switch contexts are compiled [rewritten](crate::rewrite_guest) to save their
+/// own `__stack_pointer`, which the linker of [`add_to_linker`](crate::add_to_linker) serves.
 pub fn load_core_module(engine: &Engine, path: &Path) -> Result<Module, LoadError> {
     let bytes = read_core_module(path)?;
-    let module = Module::new(engine, &bytes).map_err(|e| GuestFileError::Invalid {
+    let invalid = |e: wasmtime::Error| GuestFileError::Invalid {
         path: path.to_path_buf(),
         message: format!("{e:#}"),
-    })?;
+    };
+    let module = match crate::rewrite_guest(&bytes) {
+        // A module that does not validate is reported as the user wrote it, not as rewritten.
+        Cow::Owned(rewritten) => {
+            Module::new(engine, &rewritten).or_else(|_| Module::new(engine, &bytes))
+        }
+        Cow::Borrowed(_) => Module::new(engine, &bytes),
+    }
+    .map_err(invalid)?;
     crate::check_module(&module).map_err(|source| LoadError::Incompatible {
         path: path.to_path_buf(),
         source,

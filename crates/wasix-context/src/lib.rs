@@ -7,6 +7,7 @@ mod errno;
 mod events;
 mod guest_file;
 mod host_stacks;
+mod rewrite;
 mod shadow_stack;
 mod table;
 #[cfg(test)]
@@ -32,8 +33,9 @@ pub use guest_file::{
     load_core_module, read_core_module,
 };
 pub use host_stacks::{ContextBudget, PooledStacks};
+pub use rewrite::{SAVING_MODULE, SAVING_SWITCH, rewrite_guest};
 pub use shadow_stack::ShadowStackOverflow;
-use shadow_stack::{Region, ShadowStacks, StackPointer, check_active};
+use shadow_stack::{Region, ShadowStacks, StackPointer, check_active, check_active_at};
 pub use table::ContextState;
 use table::{ContextTable, SwitchPlan};
 
@@ -184,7 +186,7 @@ impl ContextConfig {
 pub fn check_module(module: &Module) -> Result<(), IncompatibleGuest> {
     if !module
         .imports()
-        .any(|import| import.module() == IMPORT_MODULE)
+        .any(|import| import.module() == IMPORT_MODULE || import.module() == SAVING_MODULE)
     {
         return Ok(());
     }
@@ -274,6 +276,11 @@ struct Slot {
     /// `None` until first resumed, and while the context runs (its driver holds it).
     future: Option<ContextFuture>,
     saved_stack_pointer: u32,
+    /// The context suspended inside a rewritten guest's switch wrapper, which puts
+    /// `saved_stack_pointer` back in `__stack_pointer` itself when it resumes
+    /// ([`rewrite_guest`]); otherwise (first entry, preempted, an unrewritten guest) the host
+    /// must.
+    restores_itself: bool,
     /// Released when the context terminates.
     region: Option<Region>,
 }
@@ -288,6 +295,9 @@ pub struct WasixContexts {
     main_stack_pointer: u32,
     /// Set by a non-main context's `context_switch` just before it suspends.
     requested_switch: Option<ContextId>,
+    /// With `requested_switch`, when the switch came through [`SAVING_SWITCH`]: the
+    /// context's `__stack_pointer`, which its wrapper restores itself on resumption.
+    switch_stack_pointer: Option<u32>,
     /// Where this state sat in its store's data when it bound its instance: every entry
     /// point refuses to run elsewhere (invariant 5 of `context_future`).
     home: Option<Owner>,
@@ -347,6 +357,7 @@ impl WasixContexts {
             guest: None,
             main_stack_pointer: 0,
             requested_switch: None,
+            switch_stack_pointer: None,
             home: None,
             events: EventLog::new(config.record_events, config.max_pending_events),
             entrypoints: EntrypointCache::default(),
@@ -451,6 +462,7 @@ impl WasixContexts {
     /// alone meanwhile (invariant 1 of `context_future`).
     fn release_everything(&mut self) {
         self.requested_switch = None;
+        self.switch_stack_pointer = None;
         let owner = Owner::of(self);
         let mut futures = Vec::new();
         let mut ids = Vec::new();
@@ -491,7 +503,9 @@ impl Drop for WasixContexts {
     }
 }
 
-/// Adds `wasix_32v1.context_create`, `context_switch` and `context_destroy` to `linker`.
+/// Adds `wasix_32v1.context_create`, `context_switch` and `context_destroy` to `linker`, and
+/// the [`SAVING_SWITCH`] that guests rewritten by [`rewrite_guest`] call instead of
+/// `context_switch`.
 /// `get` projects the store data to its [`WasixContexts`]. Guests must be entered with
 /// `call_async` (`context_switch` is an async host function).
 pub fn add_to_linker<T, G>(linker: &mut Linker<T>, get: G) -> wasmtime::Result<()>
@@ -510,7 +524,19 @@ where
         IMPORT_MODULE,
         "context_switch",
         move |caller: Caller<'_, T>, (target,): (i64,)| {
-            Box::new(context_switch(caller, get, target as u64))
+            Box::new(context_switch(caller, get, target as u64, None))
+        },
+    )?;
+    linker.func_wrap_async(
+        SAVING_MODULE,
+        SAVING_SWITCH,
+        move |caller: Caller<'_, T>, (target, stack_pointer): (i64, i32)| {
+            Box::new(context_switch(
+                caller,
+                get,
+                target as u64,
+                Some(stack_pointer as u32),
+            ))
         },
     )?;
     linker.func_wrap(
@@ -615,6 +641,7 @@ fn create_inner<T: Send + 'static>(
             entrypoint: Some(entrypoint),
             future: None,
             saved_stack_pointer: state.shadow_stacks.top(region),
+            restores_itself: false,
             region: Some(region),
         },
         reservation,
@@ -634,10 +661,13 @@ fn create_inner<T: Send + 'static>(
     Ok(id)
 }
 
+/// `stack_pointer` is the caller's `__stack_pointer` when it came through a rewritten
+/// guest's wrapper, which restores it on return (so the host need not).
 async fn context_switch<T: Send + 'static, G>(
     mut caller: Caller<'_, T>,
     get: G,
     target: ContextId,
+    stack_pointer: Option<u32>,
 ) -> wasmtime::Result<i32>
 where
     G: Fn(&mut T) -> &mut WasixContexts + Copy + Send + Sync + Unpin + 'static,
@@ -647,7 +677,10 @@ where
     let plan = state.table.plan_switch(target);
     if !matches!(plan, Ok(SwitchPlan::Switch { .. })) {
         // A real switch is checked by the driver, where the stack pointer is saved.
-        check_active(&mut caller, get)?;
+        match stack_pointer {
+            Some(sp) => check_active_at(&mut caller, get, sp)?,
+            None => check_active(&mut caller, get)?,
+        }
     }
     let (from, to) = match plan {
         Err(errno) => return Ok(errno.raw()),
@@ -656,14 +689,16 @@ where
     };
     if from == MAIN_CONTEXT {
         // Main drives: it runs the other contexts until one switches back to it.
-        match Driver::start(caller.as_context_mut(), get, to)?.await? {
+        match Driver::start(caller.as_context_mut(), get, to, stack_pointer)?.await? {
             Ended::SwitchedToMain => Ok(0),
             Ended::Returned(id) => Err(EntrypointReturned { id }.into()),
         }
     } else {
         // A context suspends itself; the driver polling it sees the request and resumes
         // the target (saving and restoring the stack pointers).
-        get(caller.data_mut()).requested_switch = Some(to);
+        let state = get(caller.data_mut());
+        state.requested_switch = Some(to);
+        state.switch_stack_pointer = stack_pointer;
         SuspendOnce { suspended: false }.await;
         Ok(0)
     }
@@ -780,7 +815,8 @@ impl<G> HostContexts<G> {
         }
         match state.table.plan_switch(id).map_err(HostCallError::from)? {
             SwitchPlan::NoOp => Err(HostCallError::Errno(Errno::Inval).into()),
-            SwitchPlan::Switch { to, .. } => match Driver::start(store, self.get, to)?.await? {
+            SwitchPlan::Switch { to, .. } => match Driver::start(store, self.get, to, None)?.await?
+            {
                 Ended::SwitchedToMain => Ok(Resumed::SwitchedToMain),
                 Ended::Returned(_) => Ok(Resumed::Returned),
             },

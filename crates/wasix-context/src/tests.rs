@@ -47,6 +47,24 @@ fn header(body: &str) -> String {
     )
 }
 
+thread_local! {
+    /// Set by [`the_behaviour_tests_pass_on_guests_as_built_too`]: compile guests as written
+    /// instead of rewritten.
+    static AS_BUILT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A test guest as weft's front ends load it: [`rewrite_guest`] so that it saves its own
+/// `__stack_pointer` around `context_switch` (unless [`AS_BUILT`] is set).
+fn compile(engine: &Engine, text: impl AsRef<[u8]>) -> wasmtime::Result<Module> {
+    let wasm = wat::parse_bytes(text.as_ref())?;
+    if AS_BUILT.get() {
+        Module::new(engine, &wasm)
+    } else {
+        let rewritten = rewrite_guest(&wasm);
+        Module::new(engine, &*rewritten)
+    }
+}
+
 fn engine() -> Engine {
     engine_with(false)
 }
@@ -110,8 +128,13 @@ fn block_on<F: Future>(future: F) -> F::Output {
 /// Runs the guest's `main` export; returns its result and the values it logged.
 fn run_with(body: &str, config: ContextConfig) -> (wasmtime::Result<()>, Vec<i64>) {
     let engine = engine_with(config.pooled_stacks);
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     check_module(&module).unwrap();
+    assert_eq!(
+        module.imports().any(|i| i.module() == SAVING_MODULE),
+        !AS_BUILT.get(),
+        "guests are rewritten unless asked not to be"
+    );
     let mut store = store(&engine, config);
     let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
     let main = instance
@@ -386,7 +409,7 @@ fn suspended_contexts_are_released_on_every_ending() {
                 {ending})"#
         );
         let engine = engine();
-        let module = Module::new(&engine, header(&body)).unwrap();
+        let module = compile(&engine, header(&body)).unwrap();
         // Both cleanup paths: explicit release, and dropping the store with them inside.
         for explicit in [true, false] {
             let mut store = store(&engine, ContextConfig::default());
@@ -420,7 +443,7 @@ fn a_host_panic_inside_a_context_propagates_and_the_store_drops_cleanly() {
             (drop (call $switch (call $id (i32.const 8))))
             (drop (call $switch (call $id (i32.const 0)))))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut store = store(&engine, ContextConfig::default());
         let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
@@ -439,13 +462,16 @@ fn a_host_panic_inside_a_context_propagates_and_the_store_drops_cleanly() {
 #[test]
 fn cancelling_main_mid_switch_terminates_the_running_context() {
     // The context waits on a host future that never completes; the embedder gives up.
-    static POLLS: AtomicUsize = AtomicUsize::new(0);
+    // Per thread: the test also runs inside `the_behaviour_tests_pass_on_guests_as_built_too`.
+    thread_local! {
+        static POLLS: AtomicUsize = const { AtomicUsize::new(0) };
+    }
     let engine = engine();
     let mut linker = linker(&engine);
     linker
         .func_wrap_async("env", "wait", |_: wasmtime::Caller<'_, Host>, ()| {
             Box::new(std::future::poll_fn(|_| {
-                POLLS.fetch_add(1, Ordering::SeqCst);
+                POLLS.with(|polls| polls.fetch_add(1, Ordering::SeqCst));
                 Poll::<()>::Pending
             }))
         })
@@ -464,7 +490,7 @@ fn cancelling_main_mid_switch_terminates_the_running_context() {
         "(import \"env\" \"wait\" (func $wait)) (memory",
         1,
     );
-    let module = Module::new(&engine, text).unwrap();
+    let module = compile(&engine, text).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     let instance = block_on(linker.instantiate_async(&mut store, &module)).unwrap();
     let main = instance
@@ -477,7 +503,7 @@ fn cancelling_main_mid_switch_terminates_the_running_context() {
             assert!(call.as_mut().poll(&mut cx).is_pending());
         }
     }
-    assert_eq!(POLLS.load(Ordering::SeqCst), 3);
+    assert_eq!(POLLS.with(|polls| polls.load(Ordering::SeqCst)), 3);
     let state = &store.data().contexts;
     assert_eq!(state.active(), MAIN_CONTEXT);
     assert_eq!(state.state(1), Some(ContextState::Terminated));
@@ -502,7 +528,7 @@ fn guests_without_an_exported_stack_pointer_are_refused() {
         (func $a)
         (func (export "main") (drop (call $create (i32.const 0) (i32.const 1)))))"#;
     let engine = engine();
-    let module = Module::new(&engine, wat).unwrap();
+    let module = compile(&engine, wat).unwrap();
     assert_eq!(
         check_module(&module),
         Err(IncompatibleGuest::MissingStackPointer)
@@ -528,7 +554,7 @@ fn guests_without_an_exported_stack_pointer_are_refused() {
         check_module(&no_table),
         Err(IncompatibleGuest::MissingTable)
     );
-    let plain = Module::new(&engine, "(module)").unwrap();
+    let plain = compile(&engine, "(module)").unwrap();
     assert_eq!(check_module(&plain), Ok(()));
 }
 
@@ -546,7 +572,7 @@ fn the_host_can_drive_contexts_with_no_guest_main() {
         (func (export "fail") (drop (call $switch (i64.const 0))) (unreachable))
         (func (export "main"))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
     let host = HostContexts::new(contexts);
@@ -640,7 +666,7 @@ fn a_second_instance_in_the_same_store_is_refused() {
         (func $b)
         (func (export "main") (call $logi (call $create (i32.const 0) (i32.const 1))))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let linker = linker(&engine);
     let mut store = store(&engine, ContextConfig::default());
     let first = block_on(linker.instantiate_async(&mut store, &module)).unwrap();
@@ -680,7 +706,7 @@ fn an_epoch_yield_inside_a_context_reaches_the_embedder_and_resumes_it() {
     ContextConfig::default().configure_engine(&mut config);
     config.epoch_interruption(true);
     let engine = Engine::new(&config).unwrap();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
@@ -738,7 +764,7 @@ fn release_all_refuses_while_a_context_runs() {
         "(import \"env\" \"release\" (func $release (result i64))) (memory",
         1,
     );
-    let module = Module::new(&engine, text).unwrap();
+    let module = compile(&engine, text).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     let instance = block_on(linker.instantiate_async(&mut store, &module)).unwrap();
     let main = instance
@@ -760,7 +786,7 @@ fn a_state_moved_out_of_its_store_never_touches_the_dead_store() {
             (drop (call $create (i32.const 0) (i32.const 1)))
             (drop (call $switch (call $id (i32.const 0)))))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
     let main = instance
@@ -784,7 +810,7 @@ fn a_state_moved_into_another_store_refuses_to_run_its_contexts() {
             (drop (call $switch (call $id (i32.const 0)))))
         (func (export "main") (drop (call $switch (i64.const 1))))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let linker = linker(&engine);
     let mut first = store(&engine, ContextConfig::default());
     let instance = block_on(linker.instantiate_async(&mut first, &module)).unwrap();
@@ -829,7 +855,7 @@ fn a_host_playing_main_preempts_a_spinning_context_and_resumes_it_later() {
     ContextConfig::default().configure_engine(&mut config);
     config.epoch_interruption(true);
     let engine = Engine::new(&config).unwrap();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut store| {
@@ -918,7 +944,7 @@ fn run_recording(body: &str, config: ContextConfig) -> (wasmtime::Result<()>, St
         ..config
     };
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, config);
     let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
     let main = instance
@@ -1015,7 +1041,7 @@ fn host_spawns_trap_and_return_give_their_events() {
         (func (export "fail") (unreachable))
         (func (export "main"))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let config = ContextConfig {
         record_events: true,
         ..ContextConfig::default()
@@ -1073,7 +1099,7 @@ fn without_record_events_there_are_none() {
             (drop (call $switch (call $id (i32.const 0))))
             (drop (call $switch (call $id (i32.const 0)))))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
     let main = instance
@@ -1176,7 +1202,7 @@ fn a_shared_stack_budget_gives_eagain_across_stores_until_released() {
         (func (export "park") (drop (call $switch (i64.const 0))))
         (func (export "finish"))
         (func (export "main") (call $logi (call $create (i32.const 0) (i32.const 1))))"#;
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let host = HostContexts::new(contexts);
     let mut one = store(&engine, config.clone());
     let one_instance = block_on(linker(&engine).instantiate_async(&mut one, &module)).unwrap();
@@ -1322,7 +1348,7 @@ fn a_host_driven_context_that_overflowed_fails_when_it_returns() {
             (i64.store (i32.sub (global.get $sp) (i32.const 65536)) (i64.const 0)))
         (func (export "main"))"#;
     let engine = engine();
-    let module = Module::new(&engine, header(body)).unwrap();
+    let module = compile(&engine, header(body)).unwrap();
     let mut store = store(&engine, ContextConfig::default());
     let instance = block_on(linker(&engine).instantiate_async(&mut store, &module)).unwrap();
     let host = HostContexts::new(contexts);
@@ -1351,4 +1377,37 @@ fn a_host_driven_context_that_overflowed_fails_when_it_returns() {
         block_on(host.resume(&mut store, next)).unwrap(),
         Resumed::Returned
     );
+}
+
+/// Every behaviour test above that runs wasm, on guests compiled as built: the host then
+/// saves and restores `__stack_pointer` itself (`Global::get/set`), as for an embedder that
+/// compiles guests without [`rewrite_guest`].
+#[test]
+fn the_behaviour_tests_pass_on_guests_as_built_too() {
+    AS_BUILT.set(true);
+    main_and_context_ping_pong_with_separate_stack_pointers();
+    each_abi_rule_returns_its_errno();
+    failed_creates_leave_no_trace();
+    context_to_context_ring_and_destroy_from_another_context();
+    returning_entrypoint_terminates_and_traps_main();
+    a_trap_in_a_context_is_the_same_trap_in_main();
+    deep_recursion_in_a_context_is_a_clean_stack_overflow();
+    the_live_context_limit_gives_eagain_until_one_is_destroyed();
+    shadow_stack_regions_are_recycled();
+    proc_exit_inside_a_context_exits_with_its_code();
+    suspended_contexts_are_released_on_every_ending();
+    a_host_panic_inside_a_context_propagates_and_the_store_drops_cleanly();
+    cancelling_main_mid_switch_terminates_the_running_context();
+    the_host_can_drive_contexts_with_no_guest_main();
+    pooled_stacks_run_contexts_and_recycle_their_stacks();
+    an_epoch_yield_inside_a_context_reaches_the_embedder_and_resumes_it();
+    release_all_refuses_while_a_context_runs();
+    a_host_playing_main_preempts_a_spinning_context_and_resumes_it_later();
+    events_name_the_exact_creator_through_context_to_context_switches();
+    host_spawns_trap_and_return_give_their_events();
+    a_table_slot_that_changes_function_is_checked_again();
+    a_stack_pointer_moved_below_its_region_traps_at_the_switch();
+    a_context_using_its_whole_shadow_stack_is_no_overflow();
+    a_clobbered_canary_traps_at_the_next_switch_or_host_call();
+    a_host_driven_context_that_overflowed_fails_when_it_returns();
 }
