@@ -6,6 +6,9 @@
 //! `# xtask-world: wasi:http/proxy@0.2.12`. The WIT is vendored in `guests/components/wit/`
 //! (`p3` for 0.3, `p2` for 0.2), as wasmtime-wasi-http 48 ships it.
 //!
+//! C components (`guests/components/c/`) are built by [`crate::c_components`] into the same
+//! folder.
+//!
 //! componentize-py is pinned and installed with pip into `<target>/pytools` (PyPI is the only
 //! source needed). A component is rebuilt only when something under its directory, the WIT
 //! or the pinned version changed.
@@ -35,10 +38,27 @@ struct Guest {
 }
 
 pub fn build_all() -> Result {
+    build_python()?;
+    crate::c_components::build_all(&output_dir())
+}
+
+fn build_python() -> Result {
     let root = workspace_root().join("guests").join("components");
     let guests = find_guests(&root)?;
     if guests.is_empty() {
         return Err(format!("no component guests under {}", root.display()));
+    }
+    let c_dir = crate::c_components::sources_dir();
+    for guest in &guests {
+        let clash = c_dir.join(format!("{}.c", guest.name));
+        if clash.exists() {
+            return Err(format!(
+                "{} and {} would both build {}.wasm: rename one",
+                guest.dir.display(),
+                clash.display(),
+                guest.name
+            ));
+        }
     }
     let tools = target_dir().join("pytools");
     let out_dir = output_dir();

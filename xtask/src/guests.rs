@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use crate::c_components;
 use crate::toolchain::{self, Toolchain};
 use crate::util::{Result, describe, target_dir, workspace_root};
 
@@ -85,10 +86,18 @@ fn build_c() -> Result {
 
 /// `cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]`: compiles with the standard
 /// toolchain and flags. Without `-o`, the output is `<stem of the first C file>.wasm`.
+///
+/// With `--world WORLD` (or a first line `// xtask-world: WORLD` in the first C file), the
+/// file is a `wasi:http` component instead ([`crate::c_components`]).
 pub fn cc(args: &[String]) -> Result {
+    let (world, args) = take_world(args)?;
     let usage = format!(
         "usage: cargo xtask cc FILE.c... [-o OUT.wasm] [extra clang flags]\n\
-         standard flags: {}",
+         \x20      cargo xtask cc --world wasi:http/proxy|wasi:http/service FILE.c... [-o OUT.wasm] \
+         [extra clang flags]\n\
+         standard flags of WASIX guests: {}\n\
+         with --world (or a first line `// xtask-world: WORLD`), a wasi:http component: \
+         wit-bindgen's C bindings of the world, a wasip1 reactor, the preview1 adapter",
         toolchain::standard_flags()
             .iter()
             .map(|f| f.to_string_lossy().into_owned())
@@ -98,6 +107,18 @@ pub fn cc(args: &[String]) -> Result {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{usage}");
         return Ok(());
+    }
+    let world = match world {
+        Some(world) => Some(world),
+        None => match args.iter().find(|a| a.ends_with(".c")) {
+            Some(first) => fs::read_to_string(first)
+                .ok()
+                .and_then(|text| c_components::world_line(&text).map(str::to_string)),
+            None => None,
+        },
+    };
+    if let Some(world) = world {
+        return c_components::cc(c_components::World::parse(&world)?, &args);
     }
     if args.is_empty() {
         return Err(usage);
@@ -129,6 +150,24 @@ pub fn cc(args: &[String]) -> Result {
         eprint!("{output}");
     }
     Ok(())
+}
+
+/// Splits `--world WORLD` (or `--world=WORLD`) off the arguments of `cc`.
+fn take_world(args: &[String]) -> Result<(Option<String>, Vec<String>)> {
+    let mut world = None;
+    let mut rest = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--world" {
+            let name = args.next().ok_or("cc: --world needs a world name")?;
+            world = Some(name.clone());
+        } else if let Some(name) = arg.strip_prefix("--world=") {
+            world = Some(name.to_string());
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    Ok((world, rest))
 }
 
 fn compile_in_parallel(toolchain: &Toolchain, jobs: &[(PathBuf, PathBuf)]) -> Result {
@@ -235,9 +274,13 @@ fn run_captured(cmd: &mut Command) -> Result<String> {
     }
 }
 
-/// Every C source under `guests/`, refusing two with the same stem (they would share an output).
+/// Every C source under `guests/` but `guests/components/` (whose C files are components,
+/// built by [`crate::c_components`]), refusing two with the same stem (they would share an
+/// output).
 fn find_sources(guests: &Path) -> Result<Vec<PathBuf>> {
-    let sources = find_files(guests, "c")?;
+    let components = guests.join("components");
+    let mut sources = find_files(guests, "c")?;
+    sources.retain(|source| !source.starts_with(&components));
     let mut seen: Vec<(PathBuf, &Path)> = Vec::new();
     for source in &sources {
         let name = stem(source);

@@ -4,6 +4,7 @@
 
 mod aarch64;
 mod bench;
+mod c_components;
 mod components;
 mod demo;
 mod guests;
@@ -25,9 +26,13 @@ cargo xtask <command>
                        (`serve wasix` or `serve components` runs one half; `serve --help`)
   soak [SECS]          mixed innocent and hostile traffic against `weft serve` for SECS
                        seconds (default 60; `test` runs the same soak for 3 s)
-  build-guests         build the C guests in guests/ into target/guests/, and the Python
-                       wasi:http components in guests/components/ into target/guests/components/
+  build-guests         build the C guests in guests/ into target/guests/, and the Python and
+                       C wasi:http components in guests/components/ into
+                       target/guests/components/
   cc FILE.c -o OUT.wasm  compile a C file with the project's wasm toolchain and flags
+  cc --world wasi:http/proxy|wasi:http/service FILE.c -o OUT.wasm
+                       build a C file into a wasi:http component (0.2 proxy or 0.3 service)
+                       with wit-bindgen's C bindings and the preview1 reactor adapter
 ";
 
 fn main() -> ExitCode {

@@ -66,6 +66,18 @@ impl Toolchain {
         cmd
     }
 
+    /// A compiler command with the target selected and none of the WASIX guests' flags: a
+    /// component guest imports nothing from `wasix_32v1` and must not export its table or stack
+    /// pointer (the host never switches its stacks).
+    pub fn bare_command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.target_args);
+        for (key, value) in &self.env {
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
     /// A stable text naming the compiler and every flag, so that outputs built with a different
     /// toolchain or flags count as out of date.
     pub fn fingerprint(&self) -> String {

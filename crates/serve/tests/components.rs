@@ -1,7 +1,8 @@
-//! `weft serve` with standard `wasi:http` components built from Python by componentize-py
-//! (`cargo xtask build-guests` puts them in `target/guests/components/`), on loopback:
-//! 0.2 and 0.3 guests served and reused, every outgoing request attributed to the request
-//! whose task made it (also after the response), traps isolated, other worlds refused.
+//! `weft serve` with standard `wasi:http` components built from Python by componentize-py and
+//! from C by wit-bindgen's C bindings and clang (`cargo xtask build-guests` puts them in
+//! `target/guests/components/`), on loopback: 0.2 and 0.3 guests served and reused, every
+//! outgoing request attributed to the request whose task made it (also after the response),
+//! traps isolated, other worlds refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -330,4 +331,188 @@ fn a_component_of_another_world_is_refused_with_its_exports_named() {
     let message = Server::start(config).unwrap_err().to_string();
     assert!(message.contains("example:nothing/here@1.0.0"), "{message}");
     assert!(!message.contains('\n'), "{message}");
+}
+
+// C components (`guests/components/c/`): the same host paths, with no language runtime in the
+// guest, so the instance's own state is exactly what the C code keeps.
+
+#[test]
+fn a_c_p2_component_is_served_and_its_instance_reused_request_after_request() {
+    let server = Server::start(config("p2_hello_c")).unwrap();
+    let addr = server.local_addr();
+    let mut ids = BTreeSet::new();
+    for i in 1..=5 {
+        let reply = request(addr, &format!("/c/{i}?q=x"), &[]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(
+            reply.body,
+            format!("hello from a C p2 component: GET /c/{i}?q=x (request {i} of this instance)\n")
+        );
+        assert_eq!(reply.headers["content-type"], "text/plain", "{reply:?}");
+        ids.insert(reply.headers["weft-request-id"].clone());
+    }
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    let report = stop(server);
+    assert_eq!(report.served, 5);
+    assert_eq!(report.stats.completed, 5, "{:?}", report.stats);
+    assert_eq!(report.stats.instances_created, 1, "{:?}", report.stats);
+    assert_eq!(report.stats.failed, 0, "{:?}", report.stats);
+}
+
+/// The C fetch guest's answer: its path, the status of each call, and the last call's body.
+fn c_fetch_statuses(reply: &Reply) -> Vec<String> {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let mut lines = reply.body.lines();
+    let mut first = lines.next().unwrap_or_default().split_whitespace();
+    assert_eq!(first.next(), Some("/fetch"), "{reply:?}");
+    let statuses: Vec<String> = first.map(str::to_string).collect();
+    assert_eq!(lines.next(), Some("ok"), "the upstream's body: {reply:?}");
+    statuses
+}
+
+#[test]
+fn a_c_p2_components_outgoing_requests_carry_the_id_of_the_request_that_made_them() {
+    let upstream = Upstream::start();
+    let server = Server::start(config("p2_fetch_c")).unwrap();
+    let addr = server.local_addr();
+    // One at a time first: one instance serves them all, so every id differs only by request.
+    let mut expected = HashMap::new();
+    for n in 1..=3 {
+        let reply = request(addr, &format!("/fetch?n={n}"), &[upstream.header()]);
+        assert_eq!(c_fetch_statuses(&reply), vec!["200"; n], "{reply:?}");
+        expected.insert(reply.headers["weft-request-id"].clone(), n);
+    }
+    assert_eq!(server.stats().instances_created, 1, "{:?}", server.stats());
+    // Then at once, on as many instances as the policy allows.
+    let replies = concurrently(6, |i| {
+        request(
+            addr,
+            &format!("/fetch?n={}", 1 + i % 2),
+            &[upstream.header()],
+        )
+    });
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(c_fetch_statuses(reply), vec!["200"; 1 + i % 2], "{reply:?}");
+        expected.insert(reply.headers["weft-request-id"].clone(), 1 + i % 2);
+    }
+    assert_eq!(expected.len(), 9);
+    assert_attributed(&upstream, &expected);
+    // Each call went where the guest sent it.
+    let seen = upstream.seen();
+    assert!(
+        seen.iter().all(|(path, _)| path.starts_with("/c/")),
+        "{seen:?}"
+    );
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 15, "{:?}", report.stats);
+    assert_eq!(report.stats.completed, 9, "{:?}", report.stats);
+}
+
+#[test]
+fn a_c_p2_fetch_without_an_upstream_is_answered_400_without_calls() {
+    let server = Server::start(config("p2_fetch_c")).unwrap();
+    let addr = server.local_addr();
+    let reply = request(addr, "/fetch?n=2", &[]);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.body, "no x-upstream header\n");
+    let report = stop(server);
+    assert_eq!(report.stats.outgoing, 0, "{:?}", report.stats);
+}
+
+#[test]
+fn a_c_p3_component_is_served_and_its_instance_reused_request_after_request() {
+    let server = Server::start(config("p3_service_c")).unwrap();
+    let addr = server.local_addr();
+    for i in 1..=4 {
+        let reply = request(addr, &format!("/p3/{i}"), &[]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(
+            reply.body,
+            format!("hello from a C p3 component: GET /p3/{i} (request {i} of this instance)\n")
+        );
+    }
+    let report = stop(server);
+    assert_eq!(report.stats.completed, 4, "{:?}", report.stats);
+    assert_eq!(report.stats.instances_created, 1, "{:?}", report.stats);
+    assert_eq!(report.stats.failed, 0, "{:?}", report.stats);
+}
+
+/// An upstream that takes one request, records its `weft-request-id`, and answers only when
+/// told to: a guest waiting for it stays in the middle of its work for as long as a test needs.
+struct GatedUpstream {
+    addr: std::net::SocketAddr,
+    seen: std::sync::mpsc::Receiver<String>,
+    open: std::sync::mpsc::Sender<()>,
+}
+
+impl GatedUpstream {
+    fn start() -> GatedUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let (open, open_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let reply = parse_reply(&String::from_utf8_lossy(&head));
+            let id = reply.headers.get("weft-request-id").cloned();
+            let _ = seen_tx.send(id.unwrap_or_default());
+            let _ = open_rx.recv();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        });
+        GatedUpstream { addr, seen, open }
+    }
+
+    /// The id of the request it holds, once that request arrived (a hang guard, not a timing
+    /// check).
+    fn wait_for_request(&self) -> String {
+        self.seen
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the guest's outgoing request never arrived")
+    }
+}
+
+#[test]
+fn a_c_p3_component_under_backpressure_is_given_no_new_request() {
+    let upstream = GatedUpstream::start();
+    let server = Server::start(config("p3_service_c")).unwrap();
+    let addr = server.local_addr();
+    let first = request(addr, "/first", &[]);
+    assert!(
+        first.body.ends_with("(request 1 of this instance)\n"),
+        "{first:?}"
+    );
+    // `/hold` raises backpressure, then waits for the gated upstream.
+    let held = std::thread::spawn(move || {
+        request(addr, "/hold", &[("x-upstream", upstream.addr.to_string())])
+    });
+    let outgoing_id = upstream.wait_for_request();
+    // Its instance refuses new tasks now: this request needs a second instance.
+    let beside = request(addr, "/beside", &[]);
+    assert_eq!(beside.status, 200, "{beside:?}");
+    assert!(
+        beside.body.ends_with("(request 1 of this instance)\n"),
+        "an instance under backpressure took a new request: {beside:?}"
+    );
+    assert_eq!(server.stats().instances_created, 2, "{:?}", server.stats());
+    upstream.open.send(()).unwrap();
+    let held = held.join().unwrap();
+    assert_eq!(held.status, 200, "{held:?}");
+    assert_eq!(held.body, "/hold 200\n");
+    // The call made under backpressure is still attributed to the request that made it.
+    assert_eq!(outgoing_id, held.headers["weft-request-id"]);
+    let report = stop(server);
+    assert_eq!(report.stats.completed, 3, "{:?}", report.stats);
+    assert_eq!(report.stats.outgoing, 1, "{:?}", report.stats);
 }
