@@ -143,6 +143,43 @@ struct Config {
 struct Load {
     requests_per_second: f64,
     p99_ms: f64,
+    /// CPU time (user + system, all threads) the server used per request answered.
+    server_cpu_us_per_request: f64,
+    /// CPU time wrk used, as a share of all the machine's cores over the run: what the load
+    /// generator takes away from the server it measures on the same machine.
+    wrk_cpu_share: f64,
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/<pid>/stat`.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// CPU seconds (user + system) used by this process's children that have been waited for.
+fn waited_children_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable rusage for getrusage to fill.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) } != 0 {
+        return 0.0;
+    }
+    // SAFETY: getrusage returned 0, so it filled `usage` (and it was zeroed before anyway).
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 pub fn run(args: &[String]) -> Result {
@@ -242,6 +279,15 @@ fn wasix_suite(weft: &Path, upstream: &Upstream, options: &Options) -> Result {
         reuse.p99_ms, per_request.p99_ms
     );
     println!(
+        "bench serve.cpu_us_per_request weft_reuse={:.1} weft_per_request={:.1}",
+        reuse.server_cpu_us_per_request, per_request.server_cpu_us_per_request
+    );
+    println!(
+        "bench serve.load_generator_cpu_share wrk={:.2} (of {} cores, during weft_reuse)",
+        reuse.wrk_cpu_share,
+        cores()
+    );
+    println!(
         "bench serve.fetch_rps weft_reuse={:.0}",
         fetching.requests_per_second
     );
@@ -310,6 +356,18 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
     }
     rps_line("p3_fetch_rps", by_guest[1]);
     rps_line("p2_hello_rps", by_guest[2]);
+    for (&(guest, ..), loads) in COMPONENT_GUESTS.iter().zip(&by_guest) {
+        if let [weft, peer, best] = loads {
+            println!(
+                "bench serve.{guest}_cpu_us_per_request weft={:.0} wasmtime={:.0} \
+                 wasmtime_best={:.0} (wrk {:.2} of the cores)",
+                weft.server_cpu_us_per_request,
+                peer.server_cpu_us_per_request,
+                best.server_cpu_us_per_request,
+                weft.wrk_cpu_share
+            );
+        }
+    }
     Ok(())
 }
 
@@ -445,7 +503,9 @@ fn measure_in_turns(configs: &[Config], options: &Options) -> Result<Vec<Load>> 
     }
     let run = |config: &Config, server: &mut Server, duration: Duration| -> Result<Load> {
         let url = format!("http://{}{}", server.addr, config.path);
-        let load = wrk(
+        let server_before = process_cpu_seconds(server.child.id());
+        let wrk_before = waited_children_cpu_seconds();
+        let mut load = wrk(
             &url,
             config.header.as_deref(),
             duration,
@@ -453,6 +513,14 @@ fn measure_in_turns(configs: &[Config], options: &Options) -> Result<Vec<Load>> 
             config.timeout,
         )
         .map_err(|e| format!("{}: {e}", config.name))?;
+        let wrk_cpu = waited_children_cpu_seconds() - wrk_before;
+        let seconds = duration.as_secs().max(1) as f64;
+        load.wrk_cpu_share = wrk_cpu / (seconds * cores());
+        if let (Some(before), Some(after)) = (server_before, process_cpu_seconds(server.child.id()))
+        {
+            let requests = load.requests_per_second * seconds;
+            load.server_cpu_us_per_request = (after - before) * 1e6 / requests.max(1.0);
+        }
         server.check_alive()?;
         Ok(load)
     };
@@ -464,8 +532,13 @@ fn measure_in_turns(configs: &[Config], options: &Options) -> Result<Vec<Load>> 
         for ((config, server), loads) in configs.iter().zip(&mut servers).zip(&mut rounds) {
             let load = run(config, server, options.duration)?;
             eprintln!(
-                "xtask: bench serve: round {round} {}: {:.0} req/s, p99 {:.3} ms",
-                config.name, load.requests_per_second, load.p99_ms
+                "xtask: bench serve: round {round} {}: {:.0} req/s, p99 {:.3} ms, server {:.0} \
+                 CPU us/request, wrk {:.0}% of the cores",
+                config.name,
+                load.requests_per_second,
+                load.p99_ms,
+                load.server_cpu_us_per_request,
+                load.wrk_cpu_share * 100.0
             );
             loads.push(load);
         }
@@ -478,6 +551,8 @@ fn measure_in_turns(configs: &[Config], options: &Options) -> Result<Vec<Load>> 
         .map(|loads| Load {
             requests_per_second: median(loads.iter().map(|l| l.requests_per_second)),
             p99_ms: median(loads.iter().map(|l| l.p99_ms)),
+            server_cpu_us_per_request: median(loads.iter().map(|l| l.server_cpu_us_per_request)),
+            wrk_cpu_share: median(loads.iter().map(|l| l.wrk_cpu_share)),
         })
         .collect())
 }
@@ -561,6 +636,8 @@ fn parse_wrk(text: &str) -> Result<Load> {
         (Some(requests_per_second), Some(p99_ms)) => Ok(Load {
             requests_per_second,
             p99_ms,
+            server_cpu_us_per_request: f64::NAN,
+            wrk_cpu_share: f64::NAN,
         }),
         _ => Err("cannot find `Requests/sec:` and the 99% latency in wrk's output".into()),
     }

@@ -13,29 +13,8 @@ use weft_serve::{ServeConfig, ServeError, Server};
 mod support;
 use support::*;
 
-/// A built guest; fails (never skips) when it is missing.
-fn guest(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../..")
-                .join("target")
-        });
-    let path = target
-        .join("guests")
-        .join("components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask build-guests`",
-        path.display()
-    );
-    path
-}
-
 fn config(name: &str) -> ServeConfig {
-    loopback(ServeConfig::new(guest(name)))
+    loopback(ServeConfig::new(component_guest(name)))
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Response bodies larger than the host's response buffer stream to the client: the host
 //! holds at most the buffer, a guest that writes faster than its client reads waits (only
 //! its context), a client that hangs up gives the guest `EPIPE`, and a body that cannot be
-//! finished reaches the client cut short, never as complete. Loopback only; every wait is a
-//! hang guard, not a timing check.
+//! finished reaches the client cut short, never as complete; the same for a component's body
+//! (the C `wasi:http/proxy` guest `p2_hello_c`). Loopback only; every wait is a hang guard,
+//! not a timing check.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use weft_serve::{ServeConfig, Server};
 
 mod support;
-use support::{loopback, request, stop};
+use support::{component_guest, loopback, request, stop};
 
 /// Routes (first letter of the path after `/`):
 /// - `b`: 200, then a body of `$big` zero bytes written 64 KiB at a time, waiting on
@@ -240,4 +241,59 @@ fn a_stream_that_is_not_finished_in_time_reaches_the_client_cut_short() {
     assert_eq!(request(addr, "/echo", &[]).status, 200);
     let report = stop(server);
     assert_eq!(report.stats.stragglers, 1);
+}
+
+fn component_config() -> ServeConfig {
+    let mut config = loopback(ServeConfig::new(component_guest("p2_hello_c")));
+    config.policy.max_instances = 1;
+    config.limits.response_buffer = 64 << 10;
+    config.limits.max_response_body = 1 << 30;
+    config
+}
+
+#[test]
+fn a_components_large_body_streams_as_the_client_reads() {
+    let server = Server::start(component_config()).unwrap();
+    let addr = server.local_addr();
+    let (mut stream, head) = open(addr, &format!("/big?bytes={}", 64 << 20));
+    // The head came before the body was whole: a whole body would carry its length.
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).unwrap();
+    assert_eq!(dechunk(&body), (64 << 20, true));
+    // A body that fits the buffer goes out whole, with its length.
+    let (mut stream, head) = open(addr, "/big?bytes=1000");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 1000"),
+        "{head}"
+    );
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).unwrap();
+    assert_eq!(body.len(), 1000);
+    let report = stop(server);
+    assert_eq!(report.stats.failed, 0);
+    assert_eq!(report.stats.instances_created, 1);
+}
+
+#[test]
+fn a_component_whose_client_hangs_up_mid_stream_goes_on_serving() {
+    let server = Server::start(component_config()).unwrap();
+    let addr = server.local_addr();
+    let (stream, _) = open(addr, &format!("/big?bytes={}", 1 << 30));
+    drop(stream);
+    // The guest's writes fail once its body is dropped; its handler returns and the same
+    // (sequentially reused) instance takes the next request.
+    let reply = request(addr, "/after", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.contains("request 2 of this instance"),
+        "{reply:?}"
+    );
+    let report = stop(server);
+    assert_eq!(report.stats.failed, 0);
 }

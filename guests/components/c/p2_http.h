@@ -42,10 +42,13 @@ static inline char *p2_header(p2_request_t request, const char *name) {
   return value;
 }
 
-// Answers `status` with a text body. The body is written after the response is handed over,
-// as the 0.2 API wants: the host starts sending the head while the body streams.
-static inline void p2_respond(wasi_http_types_own_response_outparam_t out, uint16_t status,
-                              const char *body) {
+// Answers `status` with a body of `length` bytes that `chunk_at(done, buf, cap)` fills a
+// piece at a time (returning how many it wrote). The body is written after the response is
+// handed over, as the 0.2 API wants: the host starts sending the head while the body streams.
+static inline void p2_respond_with(wasi_http_types_own_response_outparam_t out, uint16_t status,
+                                   size_t length,
+                                   size_t (*chunk_at)(const void *, size_t, uint8_t *, size_t),
+                                   const void *source) {
   wasi_http_types_field_name_t name = {(uint8_t *)"content-type", strlen("content-type")};
   wasi_http_types_field_value_t value = {(uint8_t *)"text/plain", strlen("text/plain")};
   wasi_http_types_tuple2_field_name_field_value_t entry = {name, value};
@@ -72,10 +75,11 @@ static inline void p2_respond(wasi_http_types_own_response_outparam_t out, uint1
     abort();
   }
   // blocking-write-and-flush takes at most 4096 bytes a call.
-  size_t length = strlen(body);
+  uint8_t piece[4096];
   for (size_t done = 0; done < length;) {
-    size_t chunk = length - done < 4096 ? length - done : 4096;
-    proxy_list_u8_t bytes = {(uint8_t *)body + done, chunk};
+    size_t want = length - done < sizeof piece ? length - done : sizeof piece;
+    size_t chunk = chunk_at(source, done, piece, want);
+    proxy_list_u8_t bytes = {piece, chunk};
     wasi_io_streams_stream_error_t error;
     if (!wasi_io_streams_method_output_stream_blocking_write_and_flush(
             wasi_io_streams_borrow_output_stream(stream), &bytes, &error)) {
@@ -90,6 +94,29 @@ static inline void p2_respond(wasi_http_types_own_response_outparam_t out, uint1
   if (!wasi_http_types_static_outgoing_body_finish(outgoing_body, NULL, &finish_error)) {
     wasi_http_types_error_code_free(&finish_error);
   }
+}
+
+static inline size_t p2_text_at(const void *text, size_t done, uint8_t *buf, size_t cap) {
+  memcpy(buf, (const char *)text + done, cap);
+  return cap;
+}
+
+// Answers `status` with a text body.
+static inline void p2_respond(wasi_http_types_own_response_outparam_t out, uint16_t status,
+                              const char *body) {
+  p2_respond_with(out, status, strlen(body), p2_text_at, body);
+}
+
+static inline size_t p2_byte_at(const void *byte, size_t done, uint8_t *buf, size_t cap) {
+  (void)done;
+  memset(buf, *(const char *)byte, cap);
+  return cap;
+}
+
+// Answers `status` with `length` copies of `byte`.
+static inline void p2_respond_repeated(wasi_http_types_own_response_outparam_t out,
+                                       uint16_t status, char byte, size_t length) {
+  p2_respond_with(out, status, length, p2_byte_at, &byte);
 }
 
 #endif

@@ -9,6 +9,7 @@
 
 mod instance;
 mod outgoing;
+mod pool;
 mod response;
 mod state;
 
@@ -72,6 +73,7 @@ impl ComponentGuest {
         let mut engine_config = Config::new();
         engine_config.wasm_component_model_async(true);
         engine_config.epoch_interruption(true);
+        engine_config.allocation_strategy(pool::strategy(config));
         // Language runtimes make components of tens of megabytes: compile each once per
         // machine (the cache wasmtime's own CLI uses), not at every start.
         if let Ok(cache) = wasmtime::Cache::from_file(None) {

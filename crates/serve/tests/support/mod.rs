@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,4 +164,26 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 pub fn stop(server: Server) -> ServeReport {
     server.shutdown_handle().shutdown();
     server.wait().unwrap()
+}
+
+/// A component guest built by `cargo xtask build-guests`; fails (never skips) when it is
+/// missing.
+pub fn component_guest(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join("target")
+        });
+    let path = target
+        .join("guests")
+        .join("components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build-guests`",
+        path.display()
+    );
+    path
 }
