@@ -3,7 +3,7 @@
 //! Each figure is the median of several runs, each in a fresh store.
 //!
 //! `WEFT_BENCH_STACKS=pool|wasmtime` picks where context stacks come from (default: the
-//! crate's default); `WEFT_BENCH_CHURN=1` adds a create+run+destroy line, where that matters;
+//! crate's default); `wasix.churn_ns` is a create, first switch in, switch back and destroy;
 //! `WEFT_BENCH_REWRITE=0` runs the guest as built, without the load-time rewrite that weft's
 //! front ends apply (`rewrite_guest`: the guest saves its own `__stack_pointer`).
 
@@ -172,35 +172,35 @@ impl Bench {
 }
 
 fn main() {
-    // `WEFT_BENCH_ONLY=roundtrip|ring|create|rss` runs one measurement (for profiling).
+    // `WEFT_BENCH_ONLY=roundtrip|ring|create|churn|rss` runs one measurement and
+    // `WEFT_BENCH_N=<count>` overrides its loop count (both for profiling).
     let only = std::env::var("WEFT_BENCH_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|only| only == name);
+    let count = |default: &'static str| std::env::var("WEFT_BENCH_N").unwrap_or(default.into());
     let bench = Bench::new();
     if wanted("roundtrip") {
-        let roundtrip = bench.median(&["roundtrip", "200000"]);
+        let roundtrip = bench.median(&["roundtrip", &count("200000")]);
         println!("bench wasix.switch_roundtrip_ns weft={roundtrip:.0}");
     }
     if wanted("ring") {
-        let ring = bench.median(&["ring", "8", "200000"]);
+        let ring = bench.median(&["ring", "8", &count("200000")]);
         println!("bench wasix.ring_switch_ns weft={ring:.0}");
     }
     if wanted("create") {
-        let create = bench.median(&["create", "200000"]);
+        let create = bench.median(&["create", &count("200000")]);
         println!("bench wasix.create_destroy_ns weft={create:.0}");
     }
-    if std::env::var_os("WEFT_BENCH_CHURN").is_some() {
-        let churn = bench.median(&["churn", "100000"]);
-        println!(
-            "bench wasix.create_run_destroy_ns weft={churn:.0} stacks={}",
-            if bench.config.pooled_stacks {
-                "pool"
-            } else {
-                "wasmtime"
-            }
-        );
+    if wanted("churn") {
+        let churn = bench.median(&["churn", &count("20000")]);
+        let stacks = if bench.config.pooled_stacks {
+            ""
+        } else {
+            " stacks=wasmtime"
+        };
+        println!("bench wasix.churn_ns weft={churn:.0}{stacks}");
     }
     if wanted("rss") {
-        let rss = bench.median(&["rss", "10000"]);
+        let rss = bench.median(&["rss", &count("10000")]);
         println!("bench wasix.rss_per_context_kib weft={:.2}", rss / 1024.0);
     }
 }

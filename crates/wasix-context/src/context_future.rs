@@ -19,9 +19,11 @@
 //!    context (create, destroy, switch) can never reach the future that is running it.
 //! 3. **Dropped before the store.** Dropping a suspended future disposes its fiber, which
 //!    resumes it once (wasmtime unwinds it with a "future dropped" error) and so needs the
-//!    store alive. Every future is dropped on one of these paths: `context_destroy`,
-//!    termination, the driver being dropped, [`crate::HostContexts::release_all`], and as
-//!    the last resort [`Drop for WasixContexts`](crate::WasixContexts), which runs while the
+//!    store alive. (A context suspended in its own `context_switch` is instead polled once
+//!    more, by `crate::cancel`, to trap out of that switch, and then dropped finished: the
+//!    same resumption and unwind, under the same conditions.) Every future is dropped on one
+//!    of these paths: `context_destroy`, termination, the driver being dropped,
+//!    [`crate::HostContexts::release_all`], and as the last resort [`Drop for WasixContexts`](crate::WasixContexts), which runs while the
 //!    store's data is dropped: wasmtime 48 (`Store::drop`, `store.rs:2422`) drops `T`
 //!    before it frees the store's internals, so the store the fiber resumes into is still
 //!    whole. (During that last path wasmtime's call hooks, if any, must not read `T`.)

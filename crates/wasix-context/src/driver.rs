@@ -71,6 +71,7 @@ where
         state.main_stack_pointer = main_sp;
         state.requested_switch = None;
         state.switch_stack_pointer = None;
+        state.switch_in_host = false;
         state.table.switch(MAIN_CONTEXT, target);
         let mut driver = Driver {
             store,
@@ -172,6 +173,7 @@ where
                     // Before its stack pointer is saved: a context that overflowed must not
                     // run again, nor let anyone else run over what it overwrote.
                     // A rewritten guest passed its stack pointer, and restores it on return.
+                    let in_switch = std::mem::take(&mut state.switch_in_host);
                     let (sp, restores_itself) = match state.switch_stack_pointer.take() {
                         Some(sp) => (sp, true),
                         None => (this.guest.stack_pointer.get(&mut this.store), false),
@@ -188,6 +190,7 @@ where
                         .expect("the running context is in the table");
                     slot.saved_stack_pointer = sp;
                     slot.restores_itself = restores_itself;
+                    slot.in_switch = in_switch;
                     slot.future = Some(future);
                     state.table.switch(id, target);
                     if target == MAIN_CONTEXT {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod cancel;
 mod context_future;
 mod driver;
 mod errno;
@@ -13,13 +14,9 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use wasmtime::{
-    AsContextMut, Caller, Extern, ExternType, Instance, Linker, Memory, Module, Ref, RefType,
-    StoreContextMut, Table, TypedFunc,
+    AsContextMut, Caller, Engine, Extern, ExternType, Instance, Linker, Memory, Module, Ref,
+    RefType, StoreContextMut, Table, TypedFunc,
 };
 
 pub use context_future::MovedState;
@@ -262,8 +259,10 @@ where
     let table = export(store, "__indirect_function_table");
     let guest = GuestBinding::from_exports(&mut *store, stack_pointer, memory, table)?;
     let mut store = store.as_context_mut();
+    let engine = store.engine().clone();
     let state = get(store.data_mut());
     state.guest = Some(guest);
+    state.engine = Some(engine);
     state.home = Some(Owner::of(state));
     Ok(guest)
 }
@@ -281,6 +280,9 @@ struct Slot {
     /// ([`rewrite_guest`]); otherwise (first entry, preempted, an unrewritten guest) the host
     /// must.
     restores_itself: bool,
+    /// The context is suspended in its own `context_switch`, where destroying it can end its
+    /// call cheaply ([`cancel`]); otherwise (preempted, never run) it is disposed.
+    in_switch: bool,
     /// Released when the context terminates.
     region: Option<Region>,
 }
@@ -298,6 +300,10 @@ pub struct WasixContexts {
     /// With `requested_switch`, when the switch came through [`SAVING_SWITCH`]: the
     /// context's `__stack_pointer`, which its wrapper restores itself on resumption.
     switch_stack_pointer: Option<u32>,
+    /// With `requested_switch`, when it came from `context_switch` (not a preemption).
+    switch_in_host: bool,
+    /// The engine of the bound instance's store (to make the error [`cancel`] recycles).
+    engine: Option<Engine>,
     /// Where this state sat in its store's data when it bound its instance: every entry
     /// point refuses to run elsewhere (invariant 5 of `context_future`).
     home: Option<Owner>,
@@ -358,6 +364,8 @@ impl WasixContexts {
             main_stack_pointer: 0,
             requested_switch: None,
             switch_stack_pointer: None,
+            switch_in_host: false,
+            engine: None,
             home: None,
             events: EventLog::new(config.record_events, config.max_pending_events),
             entrypoints: EntrypointCache::default(),
@@ -463,6 +471,7 @@ impl WasixContexts {
     fn release_everything(&mut self) {
         self.requested_switch = None;
         self.switch_stack_pointer = None;
+        self.switch_in_host = false;
         let owner = Owner::of(self);
         let mut futures = Vec::new();
         let mut ids = Vec::new();
@@ -471,7 +480,7 @@ impl WasixContexts {
             if let Some(region) = slot.region {
                 self.shadow_stacks.release(region);
             }
-            futures.extend(slot.future);
+            futures.extend(slot.future.map(|future| (future, slot.in_switch)));
             if recording {
                 ids.push(id);
             }
@@ -480,8 +489,13 @@ impl WasixContexts {
         for id in ids {
             self.events.push(ContextEvent::Destroyed { id });
         }
-        for future in futures {
-            future.dispose(owner);
+        for (future, in_switch) in futures {
+            match &self.engine {
+                Some(engine) if in_switch => {
+                    cancel::cancel(future, owner, cancel::error(|| engine.clone()));
+                }
+                _ => future.dispose(owner),
+            }
         }
     }
 }
@@ -642,6 +656,7 @@ fn create_inner<T: Send + 'static>(
             future: None,
             saved_stack_pointer: state.shadow_stacks.top(region),
             restores_itself: false,
+            in_switch: false,
             region: Some(region),
         },
         reservation,
@@ -699,25 +714,9 @@ where
         let state = get(caller.data_mut());
         state.requested_switch = Some(to);
         state.switch_stack_pointer = stack_pointer;
-        SuspendOnce { suspended: false }.await;
+        state.switch_in_host = true;
+        cancel::SuspendOnce::new().await?;
         Ok(0)
-    }
-}
-
-/// Pending exactly once: suspends the calling context's fiber so its driver can switch.
-struct SuspendOnce {
-    suspended: bool,
-}
-
-impl Future for SuspendOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if std::mem::replace(&mut self.suspended, true) {
-            Poll::Ready(())
-        } else {
-            // No wake-up needed: the driver acts on the request in the same poll.
-            Poll::Pending
-        }
     }
 }
 
@@ -737,8 +736,14 @@ fn destroy<T: Send + 'static>(
     }
     if let Some(future) = slot.future {
         // Invariant 1 of `context_future`: we hold the store (through `store`) and do not
-        // use it while the fiber is disposed.
-        future.dispose(Owner::of(state));
+        // use it while the fiber is ended and disposed.
+        let owner = Owner::of(state);
+        if slot.in_switch {
+            let error = cancel::error(|| store.engine().clone());
+            cancel::cancel(future, owner, error);
+        } else {
+            future.dispose(owner);
+        }
     }
     Ok(())
 }

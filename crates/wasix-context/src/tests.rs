@@ -393,6 +393,34 @@ fn proc_exit_inside_a_context_exits_with_its_code() {
 
 /// Suspended contexts left behind by every kind of ending: normal return, trap, exit.
 /// The store (and with it each suspended fiber) must go away cleanly.
+/// Destroying a context suspended in `context_switch` ends its call at that switch (none of
+/// its code runs again) with the error `cancel` keeps per thread: made once, then handed
+/// back by every trap (no backtrace is taken per destroy).
+#[test]
+fn destroying_a_suspended_context_runs_none_of_its_code_and_reuses_one_error() {
+    let (result, log) = run(r#"
+        (func $a
+            (drop (call $switch (i64.const 0)))
+            (call $log (i64.const 999))
+            (unreachable))
+        (func $b)
+        (func (export "main")
+            (local $i i32)
+            (loop $again
+                (call $logi (call $create (i32.const 0) (i32.const 1)))
+                (call $logi (call $switch (call $id (i32.const 0))))
+                (call $logi (call $destroy (call $id (i32.const 0))))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br_if $again (i32.lt_u (local.get $i) (i32.const 3)))))
+    "#);
+    result.unwrap();
+    assert_eq!(log, [0; 9], "every create, switch and destroy succeeds");
+    assert!(
+        crate::cancel::spare_is_kept(),
+        "the error came back to be reused"
+    );
+}
+
 #[test]
 fn suspended_contexts_are_released_on_every_ending() {
     for ending in ["", "(unreachable)", "(call $proc_exit (i32.const 3))"] {
