@@ -832,9 +832,12 @@ impl TaskHandle {
         Waker::from(self.task.clone())
     }
 
-    /// True once the task's body has finished.
+    /// True once the task's body has finished (returned, panicked or been cancelled): from
+    /// the moment its result is there for `join`, like [`JoinHandle::is_finished`]. (The
+    /// scheduler's own state turns complete a little later, once the worker is done with
+    /// the task; a `join` that returned must never see the task unfinished.)
     pub fn is_finished(&self) -> bool {
-        self.task.state() == COMPLETE
+        self.task.join.is_complete()
     }
 }
 

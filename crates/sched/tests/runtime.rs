@@ -424,3 +424,17 @@ fn results_of_any_size_come_back_whether_the_child_finishes_parks_or_yields_firs
         .unwrap();
     assert_eq!(total, 4 * (0..200u64).sum::<u64>());
 }
+
+/// A task whose `join` returned is finished for every handle to it: `TaskHandle::is_finished`
+/// once read the scheduler's state, which a worker sets only after the result is out, so a
+/// joiner on another thread could see its joined task unfinished.
+#[test]
+fn a_joined_task_is_finished_for_its_task_handle_too() {
+    let rt = runtime(2);
+    for _ in 0..20_000 {
+        let join = rt.spawn(|| 1);
+        let task = join.task();
+        assert_eq!(join.join().unwrap(), 1);
+        assert!(task.is_finished());
+    }
+}
