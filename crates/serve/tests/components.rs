@@ -5,7 +5,6 @@
 //! traps isolated, other worlds refused.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_serve::{ServeConfig, ServeError, Server};
