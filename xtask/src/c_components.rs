@@ -18,10 +18,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use crate::toolchain::{self, Toolchain};
-use crate::util::{Result, cargo, describe, run, target_dir, workspace_root};
+use crate::util::{
+    Result, cargo, describe, mtime, newest_under, run, run_captured, target_dir, workspace_root,
+};
 
 /// Extra warnings the project's own C components must compile cleanly with (the generated
 /// bindings are compiled on their own, without them).
@@ -232,7 +233,7 @@ impl Bindings {
         let dir = crate::components::output_dir()
             .join(".c-bindings")
             .join(world.wit);
-        run_quiet(
+        run_captured(
             Command::new(tool)
                 .arg("bindgen")
                 .arg(world.wit_dir())
@@ -241,7 +242,7 @@ impl Bindings {
         )?;
         let source = dir.join(format!("{}.c", world.stem));
         let object = dir.join(format!("{}.o", world.stem));
-        run_quiet(
+        run_captured(
             toolchain
                 .bare_command()
                 .arg("-O2")
@@ -278,7 +279,7 @@ fn build(
     let mut partial = output.as_os_str().to_os_string();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let diagnostics = run_quiet(
+    let diagnostics = run_captured(
         toolchain
             .bare_command()
             .args(COMPONENT_FLAGS)
@@ -294,7 +295,7 @@ fn build(
     if !diagnostics.is_empty() {
         eprint!("{diagnostics}");
     }
-    let made = run_quiet(Command::new(tool).arg("component").arg(&core).arg(&partial));
+    let made = run_captured(Command::new(tool).arg("component").arg(&core).arg(&partial));
     let _ = fs::remove_file(&core);
     if let Err(e) = made {
         let _ = fs::remove_file(&partial);
@@ -393,51 +394,6 @@ fn find_guests(dir: &Path) -> Result<Vec<Guest>> {
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(guests)
-}
-
-/// Runs a tool, returning its diagnostics; failure carries the command and its output.
-fn run_quiet(cmd: &mut Command) -> Result<String> {
-    let output = cmd
-        .output()
-        .map_err(|e| format!("cannot start `{}`: {e}", describe(cmd)))?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "`{}` failed ({}):\n{text}",
-            describe(cmd),
-            output.status
-        ))
-    }
-}
-
-fn mtime(path: &Path) -> Result<SystemTime> {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map_err(|e| format!("cannot read the time of {}: {e}", path.display()))
-}
-
-/// The newest modification time of anything under `dir`.
-fn newest_under(dir: &Path) -> Result<SystemTime> {
-    let mut newest = mtime(dir)?;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries =
-            fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-                .path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                newest = newest.max(mtime(&path)?);
-            }
-        }
-    }
-    Ok(newest)
 }
 
 #[cfg(test)]

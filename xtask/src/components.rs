@@ -16,9 +16,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
-use crate::util::{Result, describe, have, target_dir, workspace_root};
+use crate::util::{Result, describe, have, mtime, newest_under, target_dir, workspace_root};
 
 /// The componentize-py release the guests are built with.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
@@ -258,36 +257,6 @@ fn copy_sources(from: &Path, to: &Path) -> Result {
         }
     }
     Ok(())
-}
-
-fn mtime(path: &Path) -> Result<SystemTime> {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map_err(|e| format!("cannot read the time of {}: {e}", path.display()))
-}
-
-/// The newest modification time of anything under `dir` (Python's caches excepted).
-fn newest_under(dir: &Path) -> Result<SystemTime> {
-    let mut newest = mtime(dir)?;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries =
-            fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-                .path();
-            if path.file_name().is_some_and(|n| n == "__pycache__") {
-                continue;
-            }
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                newest = newest.max(mtime(&path)?);
-            }
-        }
-    }
-    Ok(newest)
 }
 
 #[cfg(test)]

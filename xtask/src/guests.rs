@@ -10,14 +10,13 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use crate::c_components;
 use crate::toolchain::{self, Toolchain};
-use crate::util::{Result, describe, target_dir, workspace_root};
+use crate::util::{Result, mtime, run_captured, target_dir, workspace_root};
 
 /// Extra warnings the project's own guests must compile cleanly with.
 const PROJECT_WARNING_FLAGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
@@ -256,24 +255,6 @@ fn extra_flags(source_text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs a compiler, returning its diagnostics; failure carries the command and its output.
-fn run_captured(cmd: &mut Command) -> Result<String> {
-    let output = cmd
-        .output()
-        .map_err(|e| format!("cannot start `{}`: {e}", describe(cmd)))?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "`{}` failed ({}):\n{text}",
-            describe(cmd),
-            output.status
-        ))
-    }
-}
-
 /// Every C source under `guests/` but `guests/components/` (whose C files are components,
 /// built by [`crate::c_components`]), refusing two with the same stem (they would share an
 /// output).
@@ -328,12 +309,6 @@ fn wasm_name(source: &Path) -> PathBuf {
 
 fn stem(path: &Path) -> PathBuf {
     PathBuf::from(path.file_stem().unwrap_or_default())
-}
-
-fn mtime(path: &Path) -> Result<SystemTime> {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map_err(|e| format!("cannot read the time of {}: {e}", path.display()))
 }
 
 fn newest_mtime(paths: &[PathBuf]) -> Result<SystemTime> {

@@ -112,3 +112,54 @@ pub fn ensure_packages(what: &str, needed: &[(&str, &str)]) -> Result {
     }
     Ok(())
 }
+
+/// Runs a tool, returning its diagnostics (stdout then stderr); failure carries the command
+/// and its output.
+pub fn run_captured(cmd: &mut Command) -> Result<String> {
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot start `{}`: {e}", describe(cmd)))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "`{}` failed ({}):\n{text}",
+            describe(cmd),
+            output.status
+        ))
+    }
+}
+
+/// When `path` was last modified.
+pub fn mtime(path: &Path) -> Result<std::time::SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("cannot read the time of {}: {e}", path.display()))
+}
+
+/// The newest modification time of anything under `dir` (Python's `__pycache__` excepted:
+/// importing a guest's sources writes there without changing them).
+pub fn newest_under(dir: &Path) -> Result<std::time::SystemTime> {
+    let mut newest = mtime(dir)?;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+                .path();
+            if path.file_name().is_some_and(|n| n == "__pycache__") {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                newest = newest.max(mtime(&path)?);
+            }
+        }
+    }
+    Ok(newest)
+}
