@@ -415,52 +415,6 @@ fn a_c_p3_component_is_served_and_its_instance_reused_request_after_request() {
     assert_eq!(report.stats.failed, 0, "{:?}", report.stats);
 }
 
-/// An upstream that takes one request, records its `weft-request-id`, and answers only when
-/// told to: a guest waiting for it stays in the middle of its work for as long as a test needs.
-struct GatedUpstream {
-    addr: std::net::SocketAddr,
-    seen: std::sync::mpsc::Receiver<String>,
-    open: std::sync::mpsc::Sender<()>,
-}
-
-impl GatedUpstream {
-    fn start() -> GatedUpstream {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (seen_tx, seen) = std::sync::mpsc::channel();
-        let (open, open_rx) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
-            }
-            let reply = parse_reply(&String::from_utf8_lossy(&head));
-            let id = reply.headers.get("weft-request-id").cloned();
-            let _ = seen_tx.send(id.unwrap_or_default());
-            let _ = open_rx.recv();
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        });
-        GatedUpstream { addr, seen, open }
-    }
-
-    /// The id of the request it holds, once that request arrived (a hang guard, not a timing
-    /// check).
-    fn wait_for_request(&self) -> String {
-        self.seen
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the guest's outgoing request never arrived")
-    }
-}
-
 #[test]
 fn a_c_p3_component_under_backpressure_is_given_no_new_request() {
     let upstream = GatedUpstream::start();
@@ -484,7 +438,7 @@ fn a_c_p3_component_under_backpressure_is_given_no_new_request() {
         "an instance under backpressure took a new request: {beside:?}"
     );
     assert_eq!(server.stats().instances_created, 2, "{:?}", server.stats());
-    upstream.open.send(()).unwrap();
+    upstream.release();
     let held = held.join().unwrap();
     assert_eq!(held.status, 200, "{held:?}");
     assert_eq!(held.body, "/hold 200\n");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use weft_serve::{ServeConfig, ServeError, Server};
 
 mod support;
-use support::{stop, wait_until};
+use support::{GatedUpstream, stop, wait_until};
 
 /// Commands by the path's first letter: `e` echo the path; `q` echo the `traceparent` it got,
 /// `z` its `tracestate`; `r` GET the URL in `x-upstream` and answer with that status and
@@ -362,44 +362,6 @@ fn metrics_count_a_known_workload_exactly() {
     stop(server);
 }
 
-/// An upstream that holds its answer until released: a request of ours stays in flight.
-struct GatedUpstream {
-    addr: SocketAddr,
-    arrived: mpsc::Receiver<()>,
-    release: mpsc::Sender<()>,
-}
-
-impl GatedUpstream {
-    fn start() -> GatedUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (arrived_tx, arrived) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
-            }
-            let _ = arrived_tx.send(());
-            let _ = release_rx.recv_timeout(Duration::from_secs(120));
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        });
-        GatedUpstream {
-            addr,
-            arrived,
-            release,
-        }
-    }
-}
-
 #[test]
 fn readiness_turns_503_when_the_drain_begins_and_health_stays_200() {
     let server = Server::start(with_metrics(config())).unwrap();
@@ -412,10 +374,7 @@ fn readiness_turns_503_when_the_drain_begins_and_health_stays_200() {
     let upstream = GatedUpstream::start();
     let url = format!("http://{}/", upstream.addr);
     let client = std::thread::spawn(move || get(addr, "/f", &[("x-upstream", &url)]).status);
-    upstream
-        .arrived
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the handler's fetch arrives");
+    upstream.wait_for_request();
     assert_eq!(get(ops, "/readyz", &[]).status, 200);
 
     server.shutdown_handle().shutdown();
@@ -424,7 +383,7 @@ fn readiness_turns_503_when_the_drain_begins_and_health_stays_200() {
     });
     assert_eq!(get(ops, "/healthz", &[]).status, 200, "draining is alive");
 
-    upstream.release.send(()).unwrap();
+    upstream.release();
     assert_eq!(
         client.join().unwrap(),
         200,

@@ -187,3 +187,58 @@ pub fn component_guest(name: &str) -> PathBuf {
     );
     path
 }
+
+/// An upstream that takes one request, records its `weft-request-id`, and answers `200 ok`
+/// only when released: a guest waiting for it stays in the middle of its work for as long as
+/// a test needs.
+pub struct GatedUpstream {
+    pub addr: SocketAddr,
+    seen: std::sync::mpsc::Receiver<String>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl GatedUpstream {
+    pub fn start() -> GatedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let reply = parse_reply(&String::from_utf8_lossy(&head));
+            let id = reply.headers.get("weft-request-id").cloned();
+            let _ = seen_tx.send(id.unwrap_or_default());
+            let _ = release_rx.recv_timeout(Duration::from_secs(120));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        });
+        GatedUpstream {
+            addr,
+            seen,
+            release,
+        }
+    }
+
+    /// The `weft-request-id` of the request it holds, once that request arrived (a hang
+    /// guard, not a timing check).
+    pub fn wait_for_request(&self) -> String {
+        self.seen
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the guest's outgoing request never arrived")
+    }
+
+    /// Lets it answer.
+    pub fn release(&self) {
+        let _ = self.release.send(());
+    }
+}
