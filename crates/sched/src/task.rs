@@ -133,48 +133,35 @@ impl Task {
     /// Makes the task runnable if it is parked; records the wake if it is running; ignores it if
     /// it is already queued or finished.
     pub(crate) fn wake_task(self: &Arc<Self>) {
-        let mut state = self.state.load(Ordering::Acquire);
-        loop {
-            let next = match state {
-                IDLE => SCHEDULED,
-                RUNNING => NOTIFIED,
-                _ => return,
-            };
-            match self
-                .state
-                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    if next == SCHEDULED {
-                        self.shared.schedule(self.clone());
-                    }
-                    return;
-                }
-                Err(actual) => state = actual,
-            }
+        if self.mark_woken() {
+            self.shared.schedule(self.clone());
         }
     }
 
     /// `wake_task` for a caller that gives up its reference: that reference is what gets
     /// queued, saving a reference-count increment and decrement.
     pub(crate) fn wake_task_owned(self: Arc<Self>) {
+        if self.mark_woken() {
+            Shared::schedule_owned(self);
+        }
+    }
+
+    /// The state change of a wake: parked -> scheduled (returns `true`: the caller queues
+    /// the task), running -> notified, anything else unchanged.
+    #[inline]
+    fn mark_woken(&self) -> bool {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             let next = match state {
                 IDLE => SCHEDULED,
                 RUNNING => NOTIFIED,
-                _ => return,
+                _ => return false,
             };
             match self
                 .state
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    if next == SCHEDULED {
-                        Shared::schedule_owned(self);
-                    }
-                    return;
-                }
+                Ok(_) => return next == SCHEDULED,
                 Err(actual) => state = actual,
             }
         }

@@ -176,7 +176,7 @@ pub(crate) fn check_active<T: 'static>(
         return Ok(());
     }
     let sp = guest.stack_pointer.get(&mut store);
-    check_active_at(store, get, sp)
+    check_context(store, get, guest.memory, id, sp)
 }
 
 /// [`check_active`] with the active context's `__stack_pointer` already read (`sp`): the
@@ -195,7 +195,19 @@ pub(crate) fn check_active_at<T: 'static>(
     if id == MAIN_CONTEXT {
         return Ok(());
     }
-    let (memory, data) = guest.memory.data_and_store_mut(&mut store);
+    check_context(store, get, guest.memory, id, sp)
+}
+
+/// [`ShadowStacks::check`] of context `id` (not main) of the bound guest whose memory is
+/// `memory`, with stack pointer `sp`.
+fn check_context<T: 'static>(
+    mut store: impl AsContextMut<Data = T>,
+    get: impl Fn(&mut T) -> &mut WasixContexts,
+    memory: Memory,
+    id: ContextId,
+    sp: u32,
+) -> Result<(), ShadowStackOverflow> {
+    let (memory, data) = memory.data_and_store_mut(&mut store);
     let state = get(data);
     match state.table.payload_mut(id).and_then(|slot| slot.region) {
         Some(region) => state.shadow_stacks.check(memory, id, region, sp),
