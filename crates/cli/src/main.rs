@@ -32,20 +32,65 @@ enum Command {
     Serve(Box<ServeArgs>),
 }
 
+/// What a guest is given of the host, for `weft run` and `weft serve` alike.
+#[derive(clap::Args)]
+struct GuestEnvArgs {
+    /// Pass an environment variable to the guest (`NAME=VALUE`, or `NAME` to copy the host's)
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Give the guest a host directory, read-write (`HOST` or `HOST::GUEST`)
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dir: Vec<String>,
+}
+
+impl GuestEnvArgs {
+    /// The variables as (name, value); `Err` with the message for a `NAME` the host lacks.
+    fn env(&self) -> Result<Vec<(String, String)>, String> {
+        self.env
+            .iter()
+            .map(|var| match var.split_once('=') {
+                Some((key, value)) => Ok((key.to_string(), value.to_string())),
+                None => std::env::var(var)
+                    .map(|value| (var.clone(), value))
+                    .map_err(|_| {
+                        format!("`--env {var}`: the host has no variable `{var}` to pass on")
+                    }),
+            })
+            .collect()
+    }
+
+    /// The directories as (host path, guest path); without `::` the guest sees the host's path.
+    fn dirs(&self) -> Vec<(PathBuf, String)> {
+        self.dir
+            .iter()
+            .map(|dir| {
+                let (host, guest) = dir.split_once("::").unwrap_or((dir.as_str(), dir.as_str()));
+                (PathBuf::from(host), guest.to_string())
+            })
+            .collect()
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the ready line on stdout names it)
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        visible_alias = "addr",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     listen: std::net::SocketAddr,
     /// Scheduler worker threads [default: available parallelism]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     workers: Option<u64>,
     /// Requests in flight (not yet answered) per instance
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, visible_alias = "max-instance-concurrent-reuse-count", value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     max_in_flight: u64,
-    /// Requests an instance serves before it is retired
-    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
-    max_requests: u64,
+    /// Requests an instance serves before it is retired [default: 128; 1024 for 0.2
+    /// components, whose instances serve one request at a time]
+    #[arg(long, visible_alias = "max-instance-reuse-count", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
     /// Maximum live instances [default: 2 x workers]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_instances: Option<u64>,
@@ -84,18 +129,19 @@ struct ServeArgs {
     /// Export spans to this OpenTelemetry collector (OTLP/HTTP protobuf); implies --trace-context
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    guest_env: GuestEnvArgs,
+    /// A `wasmtime serve` WASI option (repeatable, comma-separated): only `cli` and `http`, always on
+    #[arg(short = 'S', value_name = "OPTION[=VALUE]", value_delimiter = ',')]
+    wasi_options: Vec<String>,
     /// The guest: a `.wasm` module (or `.wat` text) exporting `weft_http_handle`
     wasm: PathBuf,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Pass an environment variable to the guest (`NAME=VALUE`, or `NAME` to copy the host's)
-    #[arg(long = "env", value_name = "NAME[=VALUE]")]
-    env: Vec<String>,
-    /// Give the guest a host directory (`HOST` or `HOST::GUEST`)
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dir: Vec<String>,
+    #[command(flatten)]
+    guest_env: GuestEnvArgs,
     /// Maximum live contexts per instance; `context_create` beyond it fails with EAGAIN
     #[arg(long, value_name = "N", default_value_t = ContextConfig::default().max_contexts as u64, value_parser = contexts::max_contexts())]
     max_contexts: u64,
@@ -143,22 +189,14 @@ fn run(args: RunArgs) -> i32 {
         guest_args.remove(0);
     }
     options = options.args(guest_args);
-    for var in &args.env {
-        match var.split_once('=') {
-            Some((key, value)) => options = options.env(key, value),
-            None => match std::env::var(var) {
-                Ok(value) => options = options.env(var, value),
-                Err(_) => {
-                    eprintln!("error: `--env {var}`: the host has no variable `{var}` to pass on");
-                    return EXIT_LOAD_ERROR;
-                }
-            },
+    match args.guest_env.env() {
+        Ok(env) => options.env = env,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_LOAD_ERROR;
         }
     }
-    for dir in &args.dir {
-        let (host, guest) = dir.split_once("::").unwrap_or((dir.as_str(), dir.as_str()));
-        options = options.dir(host, guest);
-    }
+    options.dirs = args.guest_env.dirs();
     match options.run() {
         Ok(outcome) => {
             if let Some(error) = outcome.error {
@@ -175,14 +213,31 @@ fn run(args: RunArgs) -> i32 {
 }
 
 fn serve(args: ServeArgs) -> i32 {
+    for option in &args.wasi_options {
+        if let Err(message) = weft_cli::serve::check_wasi_option(option) {
+            eprintln!("error: {message}");
+            return 2;
+        }
+    }
     let mut config = weft_serve::ServeConfig::new(&args.wasm);
+    match args.guest_env.env() {
+        Ok(env) => config.env = env,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return weft_cli::serve::EXIT_LOAD_ERROR;
+        }
+    }
+    config.dirs = args.guest_env.dirs();
     config.listen = args.listen;
     if let Some(workers) = args.workers {
         config.workers = workers as usize;
     }
     let mut policy = weft_serve::Policy::for_workers(config.workers);
     policy.max_in_flight_per_instance = args.max_in_flight as usize;
-    policy.max_requests_per_instance = args.max_requests;
+    if let Some(max_requests) = args.max_requests {
+        policy.max_requests_per_instance = max_requests;
+        config.sequential_max_requests = max_requests;
+    }
     if let Some(max_instances) = args.max_instances {
         policy.max_instances = max_instances as usize;
     }

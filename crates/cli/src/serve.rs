@@ -8,6 +8,34 @@ use weft_serve::{ServeConfig, ServeError, Server};
 /// Exit status when the guest cannot be loaded or the address cannot be bound.
 pub const EXIT_LOAD_ERROR: i32 = 1;
 
+/// Checks one `-S OPTION[=VALUE]` of `wasmtime serve`'s command line, so that a command line
+/// written for it works here unchanged where it means what weft does: weft serve always links
+/// `wasi:cli` and `wasi:http` for components, so `cli` and `http` (on) are accepted and change
+/// nothing. Turning either off, or any other option, is refused: `Err` holds the message.
+pub fn check_wasi_option(option: &str) -> Result<(), String> {
+    const ACCEPTED: &str = "weft serve accepts only `-S cli` and `-S http` (both always on)";
+    let (name, value) = match option.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (option, None),
+    };
+    if name != "cli" && name != "http" {
+        return Err(format!(
+            "`-S {option}`: unsupported WASI option `{name}`; {ACCEPTED}"
+        ));
+    }
+    // The spellings of a boolean `wasmtime serve` takes.
+    match value {
+        None | Some("y" | "yes" | "true") => Ok(()),
+        Some("n" | "no" | "false") => Err(format!(
+            "`-S {option}`: weft serve always provides wasi:{name} to components; it cannot be \
+             turned off"
+        )),
+        Some(other) => Err(format!(
+            "`-S {option}`: `{other}` is not y, yes, true, n, no or false; {ACCEPTED}"
+        )),
+    }
+}
+
 /// Blocks SIGINT and SIGTERM in this thread and every thread it starts later, so they can be
 /// taken synchronously by [`wait_for_signal`]. Call before starting the server.
 pub fn block_stop_signals() -> libc::sigset_t {
@@ -95,4 +123,27 @@ pub fn serve(config: ServeConfig) -> i32 {
 
 fn report_load_error(error: &ServeError) {
     eprintln!("error: {error}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cli_and_http_on_are_accepted() {
+        for ok in ["cli", "http", "cli=y", "http=yes", "cli=true"] {
+            assert_eq!(check_wasi_option(ok), Ok(()), "{ok}");
+        }
+        for off in ["cli=n", "http=no", "cli=false"] {
+            let message = check_wasi_option(off).unwrap_err();
+            assert!(message.contains("always provides"), "{message}");
+        }
+        for other in ["inherit-env", "tcp=y", "cli=maybe", ""] {
+            let message = check_wasi_option(other).unwrap_err();
+            assert!(
+                message.contains("accepts only `-S cli` and `-S http`"),
+                "{message}"
+            );
+        }
+    }
 }

@@ -282,6 +282,8 @@ struct RequestRecord {
     deadline: Option<Instant>,
     work_done: bool,
     outgoing: u32,
+    /// Its instance is done with it ([`Registry::handed_over`]): it no longer counts there.
+    handed_over: bool,
 }
 
 /// The registry. One per server, shared by all instances (behind a
@@ -450,6 +452,7 @@ impl Registry {
                 deadline: None,
                 work_done: false,
                 outgoing: 0,
+                handed_over: false,
             },
         );
         self.queue.push_back(request);
@@ -615,7 +618,7 @@ impl Registry {
     /// no new requests and is dropped once its others are finished.
     pub fn could_not_start(&mut self, request: RequestId) -> Result<(), RegistryError> {
         let (record, instance) = self.started(request)?;
-        if record.responded_at.is_some() || record.outgoing > 0 {
+        if record.responded_at.is_some() || record.outgoing > 0 || record.handed_over {
             return Err(RegistryError::AlreadyResponded(request));
         }
         let record = self.requests.get_mut(&request).expect("checked live");
@@ -684,14 +687,37 @@ impl Registry {
         if record.responded_at.is_some() {
             return Err(RegistryError::AlreadyResponded(request));
         }
-        let work_done = record.work_done;
+        let (work_done, handed_over) = (record.work_done, record.handed_over);
         let deadline = now + self.policy.drain_timeout;
         let record = self.requests.get_mut(&request).expect("checked live");
         record.responded_at = Some(now);
         record.deadline = Some(deadline);
         self.deadlines.insert((deadline, request));
-        self.instance_mut(instance)?.in_flight -= 1;
+        if !handed_over {
+            self.instance_mut(instance)?.in_flight -= 1;
+        }
         Ok(work_done.then(|| self.finish(request, Outcome::Completed, now)))
+    }
+
+    /// The instance of `request` is done with it: its handler returned after handing its
+    /// response (head and whole body, or the means to read it) to whoever sends it, who calls
+    /// [`Registry::response_sent`] (or [`Registry::no_response`]) later. The request stops
+    /// counting on its instance at once, so an instance that takes one request at a time is
+    /// given the next while the client still receives this one, and the instance's fate (a
+    /// trap, its drop) no longer concerns it; its work counts as done. Nothing changes for a
+    /// request whose response was sent already.
+    pub fn handed_over(&mut self, request: RequestId) -> Result<(), RegistryError> {
+        let (record, instance) = self.started(request)?;
+        if record.responded_at.is_some() || record.handed_over {
+            return Ok(());
+        }
+        let record = self.requests.get_mut(&request).expect("checked live");
+        record.handed_over = true;
+        record.work_done = true;
+        let instance = self.instance_mut(instance)?;
+        instance.in_flight -= 1;
+        instance.live -= 1;
+        Ok(())
     }
 
     /// Everything running for `request` has exited (its contexts, or its
@@ -774,7 +800,7 @@ impl Registry {
         let mut on_instance: Vec<RequestId> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.instance == Some(instance))
+            .filter(|(_, r)| r.instance == Some(instance) && !r.handed_over)
             .map(|(&id, _)| id)
             .collect();
         on_instance.sort();
@@ -820,7 +846,8 @@ impl Registry {
         if let Some(deadline) = record.deadline {
             self.deadlines.remove(&(deadline, request));
         }
-        if let Some(instance) = record.instance.and_then(|id| self.instances.get_mut(&id)) {
+        let counted = record.instance.filter(|_| !record.handed_over);
+        if let Some(instance) = counted.and_then(|id| self.instances.get_mut(&id)) {
             if record.responded_at.is_none() {
                 instance.in_flight -= 1;
             }
@@ -883,6 +910,84 @@ mod tests {
         assert_eq!(p.max_instances, 8);
         assert_eq!(p.drain_timeout, Duration::from_secs(5));
         assert!(Policy::default().max_instances >= 2);
+    }
+
+    fn one_at_a_time() -> Policy {
+        Policy {
+            max_in_flight_per_instance: 1,
+            max_requests_per_instance: 100,
+            max_instances: 1,
+            ..small()
+        }
+    }
+
+    #[test]
+    fn a_handed_over_request_frees_its_place_and_finishes_when_sent() {
+        let now = Instant::now();
+        let mut reg = registry(one_at_a_time());
+        let (a, b) = (reg.submit([], now).unwrap(), reg.submit([], now).unwrap());
+        let started = settle(&mut reg, now);
+        let instance = reg.instance_of(a).unwrap();
+        assert_eq!(
+            started,
+            [
+                Action::SpawnInstance,
+                Action::Start {
+                    request: a,
+                    instance
+                }
+            ]
+        );
+        reg.handed_over(a).unwrap();
+        // The next request goes to the same instance while `a` is still on its way out.
+        assert_eq!(
+            settle(&mut reg, now),
+            [Action::Start {
+                request: b,
+                instance
+            }]
+        );
+        assert!(reg.is_live(a));
+        assert_eq!(reg.in_flight(), 1);
+        let summary = reg
+            .response_sent(a, now)
+            .unwrap()
+            .expect("its work was done");
+        assert_eq!(summary.outcome, Outcome::Completed);
+        assert_eq!(summary.instance, Some(instance));
+        assert_eq!(reg.in_flight(), 1, "b's place is untouched");
+        // Handing over again, or after the response, changes nothing.
+        assert!(reg.handed_over(b).is_ok() && reg.handed_over(b).is_ok());
+        assert_eq!(reg.in_flight(), 0);
+        assert_eq!(
+            reg.no_response(b, now).unwrap().outcome,
+            Outcome::NoResponse
+        );
+        assert_eq!(reg.live_requests(), 0);
+        assert!(reg.could_not_start(a).is_err());
+    }
+
+    #[test]
+    fn a_trap_after_the_hand_over_leaves_the_handed_over_request_alone() {
+        let now = Instant::now();
+        let mut reg = registry(one_at_a_time());
+        let (a, b) = (reg.submit([], now).unwrap(), reg.submit([], now).unwrap());
+        settle(&mut reg, now);
+        let instance = reg.instance_of(a).unwrap();
+        reg.handed_over(a).unwrap();
+        settle(&mut reg, now);
+        let fallout = reg.instance_trapped(instance, Some(b), now).unwrap();
+        assert_eq!(fallout.failed.len(), 1);
+        assert_eq!(fallout.failed[0].request, b);
+        assert!(fallout.requeued.is_empty());
+        // The trapped instance holds nothing any more: it is dropped at once.
+        assert!(
+            settle(&mut reg, now).contains(&Action::DropInstance(instance)),
+            "{reg:?}"
+        );
+        let summary = reg.response_sent(a, now).unwrap().expect("done");
+        assert_eq!(summary.outcome, Outcome::Completed);
+        assert_eq!(reg.live_requests(), 0);
     }
 
     #[test]

@@ -334,14 +334,21 @@ impl<T> Clone for Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let wakers = {
+        let (wakers, items) = {
             let mut state = self.chan.lock();
             state.receivers -= 1;
             if state.receivers > 0 {
                 return;
             }
-            state.send_waiters.take_all()
+            // Nobody can take the queued items any more: they are dropped now, not when the
+            // last sender goes (an item may own that sender, which would then never go).
+            (
+                state.send_waiters.take_all(),
+                std::mem::take(&mut state.items),
+            )
         };
+        // Outside the lock: an item's drop may use this channel.
+        drop(items);
         for waker in wakers {
             waker.wake();
         }
@@ -555,6 +562,9 @@ mod tests {
                     }
                     Op::DropReceiver => {
                         receivers.pop();
+                        if receivers.is_empty() {
+                            model.clear();
+                        }
                     }
                 }
                 if let Some(rx) = receivers.first() {
@@ -562,6 +572,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn items_are_dropped_with_the_last_receiver_even_when_they_own_a_sender() {
+        /// Holds a sender of its own channel, and a count of the live ones.
+        struct Owns(
+            #[allow(dead_code)] Sender<Owns>,
+            #[allow(dead_code)] Arc<()>,
+        );
+        let alive = Arc::new(());
+        let (tx, rx) = channel::<Owns>(2);
+        tx.try_send(Owns(tx.clone(), alive.clone()))
+            .map_err(|_| "sent")
+            .unwrap();
+        let rx2 = rx.clone();
+        drop(rx);
+        assert_eq!(Arc::strong_count(&alive), 2, "a receiver is left");
+        drop(rx2);
+        assert_eq!(Arc::strong_count(&alive), 1, "the queued item was dropped");
+        assert!(matches!(
+            tx.try_send(Owns(tx.clone(), alive.clone())),
+            Err(TrySendError::Disconnected(_))
+        ));
+        assert_eq!(Arc::strong_count(&alive), 1);
     }
 
     #[test]

@@ -45,7 +45,10 @@ mod timer;
 use weft_fiber as fiber;
 
 pub use bridge::block_on;
-pub use channel::{Receiver, Sender, channel, unbounded};
+pub use channel::{
+    Receiver, RecvError, RecvFuture, SendError, SendFuture, Sender, TryRecvError, TrySendError,
+    channel, unbounded,
+};
 pub use net::{TcpListener, TcpStream};
 pub use preempt::Ticker;
 pub use runtime::{

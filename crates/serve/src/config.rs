@@ -7,8 +7,13 @@ use std::time::Duration;
 use weft_http_attrib::Policy;
 use weft_wasix_context::{ContextBudget, ContextConfig};
 
+use crate::guest_wasi::GuestWasi;
+
 /// Largest request body the server reads (beyond it: `413`).
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// The default of [`ServeConfig::sequential_max_requests`].
+pub const DEFAULT_SEQUENTIAL_MAX_REQUESTS: u64 = 1024;
 
 /// What a guest and a client may make the host hold or wait for: every resource either of
 /// them controls is bounded here (`docs/SECURITY.md` lists each limit and what happens at it).
@@ -92,6 +97,13 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Instance policy (in flight, requests per instance, instances, queue, drain timeout).
     pub policy: Policy,
+    /// Requests an instance that serves one request at a time (a `wasi:http/proxy` 0.2
+    /// component) serves before it is retired; `policy.max_requests_per_instance` is for the
+    /// others. Larger by default ([`DEFAULT_SEQUENTIAL_MAX_REQUESTS`]): such an instance takes
+    /// its requests one by one, and replacing it (a language runtime's instance costs
+    /// milliseconds of CPU: about 2 ms for a Python one) every 128 requests would cost about 15 %
+    /// of the serving time.
+    pub sequential_max_requests: u64,
     /// One fresh instance per request (for comparison with reuse).
     pub per_request_instance: bool,
     /// Wasm run time a request may use, summed over its contexts; beyond it the request traps.
@@ -121,6 +133,13 @@ pub struct ServeConfig {
     /// collector, over OTLP/HTTP with protobuf (`http://host:port`; the path defaults to
     /// `/v1/traces`). Implies [`trace_context`](Self::trace_context). `None` by default.
     pub otlp_endpoint: Option<String>,
+    /// Environment variables every instance's guest sees (`NAME`, `VALUE`), of both guest
+    /// kinds. Empty by default: a guest sees none of the host's.
+    pub env: Vec<(String, String)>,
+    /// Host directories every instance's guest may read and write, as (host path, path in the
+    /// guest), of both guest kinds. Each is opened again for every instance; one that cannot
+    /// be opened when the server starts refuses the start. Empty by default.
+    pub dirs: Vec<(PathBuf, String)>,
 }
 
 impl ServeConfig {
@@ -133,6 +152,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers,
             policy: Policy::for_workers(workers),
+            sequential_max_requests: DEFAULT_SEQUENTIAL_MAX_REQUESTS,
             per_request_instance: false,
             cpu_budget: Duration::from_secs(10),
             trace: None,
@@ -144,12 +164,27 @@ impl ServeConfig {
             trace_context: false,
             reuse_port: false,
             otlp_endpoint: None,
+            env: Vec::new(),
+            dirs: Vec::new(),
         }
     }
 
-    /// The policy actually applied: `per_request_instance` turns reuse off.
-    pub(crate) fn effective_policy(&self) -> Policy {
+    /// What every instance's WASI context is given from this configuration.
+    pub(crate) fn guest_wasi(&self) -> GuestWasi {
+        GuestWasi {
+            env: self.env.clone(),
+            dirs: self.dirs.clone(),
+        }
+    }
+
+    /// The policy actually applied to a guest whose instances serve one request at a time
+    /// (`one_at_a_time`) or not: `per_request_instance` turns reuse off.
+    pub(crate) fn effective_policy(&self, one_at_a_time: bool) -> Policy {
         let mut policy = self.policy.clone();
+        if one_at_a_time {
+            policy.max_in_flight_per_instance = 1;
+            policy.max_requests_per_instance = self.sequential_max_requests;
+        }
         if self.per_request_instance {
             policy.max_in_flight_per_instance = 1;
             policy.max_requests_per_instance = 1;

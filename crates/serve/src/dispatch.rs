@@ -4,20 +4,77 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::future::Future;
 use std::io::BufWriter;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::future::{self, Either};
 use hyper::{Response, StatusCode};
 use weft_http_attrib::{
     AccessLogLine, Action, InstanceId, Outcome, RequestId, SharedRegistry, Summary, TraceWriter,
 };
-use weft_sched::Sender;
+use weft_sched::{Receiver, Sender};
 
 use crate::body::{BodyStream, ResponseBody};
 use crate::guest::{GuestKind, InstanceInbox};
+
+/// Work that answers a request (through [`Incoming::respond`]) once it has read what it needs,
+/// run by the request's connection. Work dropped unfinished (the client hung up, so the
+/// connection or its reply channel went away) is finished in a green thread of its own, so
+/// that the registry still hears how the request went; only [`ReadThenRespond::abandon`]
+/// drops it for good.
+pub(crate) struct ReadThenRespond(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl ReadThenRespond {
+    pub(crate) fn new(work: impl Future<Output = ()> + Send + 'static) -> Self {
+        ReadThenRespond(Some(Box::pin(work)))
+    }
+
+    /// Drops the work unfinished: the request was answered otherwise (a deadline, a failure),
+    /// so what it reads is moot.
+    pub(crate) fn abandon(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Future for ReadThenRespond {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(work) = self.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        let done = work.as_mut().poll(cx);
+        if done.is_ready() {
+            self.0 = None;
+        }
+        done
+    }
+}
+
+impl Drop for ReadThenRespond {
+    fn drop(&mut self) {
+        if let Some(work) = self.0.take() {
+            weft_sched::spawn(move || weft_sched::block_on(work));
+        }
+    }
+}
+
+/// What a connection's green thread is sent for its request.
+pub(crate) enum Reply {
+    /// The response: the request is answered.
+    Response(Response<ResponseBody>),
+    /// Work the connection runs until a `Response` comes: reading a guest's response body
+    /// where it will be sent, instead of in another green thread that would then hand it over
+    /// (one hop less per request). Dropped unfinished when another response comes first (a
+    /// deadline's `504`, a failure's `500`) or the client is gone.
+    Read(ReadThenRespond),
+}
 
 /// A request as the server holds it until it is finished: what the guest reads, and where the
 /// response goes. Held until answered even when its instance traps (it may be requeued).
@@ -28,7 +85,8 @@ pub(crate) struct Incoming {
     pub(crate) path: String,
     pub(crate) headers: http::HeaderMap,
     pub(crate) body: Bytes,
-    pub(crate) responder: Mutex<Option<Sender<Response<ResponseBody>>>>,
+    /// Taken by the response. A channel of [`REPLY_CAPACITY`]: one `Read`, then the response.
+    pub(crate) responder: Mutex<Option<Sender<Reply>>>,
     pub(crate) status: Mutex<Option<u16>>,
     /// Its span in a distributed trace (`None` unless trace context is on).
     pub(crate) trace: Option<crate::trace_context::RequestSpan>,
@@ -57,6 +115,15 @@ impl Incoming {
         )
     }
 
+    /// Has the request's connection run `read`, which answers the request when it is done.
+    /// Does nothing once the request is answered; at most once per request.
+    pub(crate) fn respond_after(&self, read: ReadThenRespond) {
+        if let Some(responder) = self.responder.lock().unwrap().as_ref() {
+            // Not sent when the client hung up: `read` is then finished elsewhere as it drops.
+            let _ = responder.try_send(Reply::Read(read));
+        }
+    }
+
     fn respond_with(
         &self,
         body: impl FnOnce() -> ResponseBody,
@@ -67,12 +134,45 @@ impl Incoming {
         };
         *self.status.lock().unwrap() = Some(parts.status.as_u16());
         // The connection may be gone (client hung up): nothing to do then.
-        let _ = responder.try_send(Response::from_parts(parts, body()));
+        let _ = responder.try_send(Reply::Response(Response::from_parts(parts, body())));
         true
     }
 
     pub(crate) fn responded(&self) -> bool {
         self.responder.lock().unwrap().is_none()
+    }
+}
+
+/// The capacity of a request's reply channel: a `Read` and the response never wait.
+pub(crate) const REPLY_CAPACITY: usize = 2;
+
+/// Waits for the response to a request, running the `Read` work it is sent meanwhile. `None`
+/// if the request was dropped unanswered.
+pub(crate) async fn await_reply(replies: Receiver<Reply>) -> Option<Response<ResponseBody>> {
+    let mut reading: Option<ReadThenRespond> = None;
+    loop {
+        let reply = match reading.as_mut() {
+            None => replies.recv_async().await,
+            Some(read) => match future::select(read, pin!(replies.recv_async())).await {
+                Either::Left(((), _)) => {
+                    reading = None;
+                    continue;
+                }
+                Either::Right((reply, _)) => reply,
+            },
+        };
+        match reply {
+            Ok(Reply::Response(response)) => {
+                if let Some(read) = reading.take() {
+                    read.abandon();
+                }
+                return Some(response);
+            }
+            // A second run of the request (its first instance trapped): the first run's work,
+            // dropped here, ends elsewhere, as it would have had it reached the client.
+            Ok(Reply::Read(read)) => reading = Some(read),
+            Err(_) => return None,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use weft_sched::TcpListener;
 
 use crate::body::ResponseBody;
 use crate::connections::Connections;
-use crate::dispatch::{Incoming, Shared, plain_response};
+use crate::dispatch::{Incoming, REPLY_CAPACITY, Shared, await_reply, plain_response};
 use crate::timeout::with_timeout;
 
 pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -111,7 +111,7 @@ async fn serve_one(shared: Arc<Shared>, request: Request<IncomingBody>) -> Respo
         }
         None => return refuse(408, "the request body did not arrive in time\n"),
     };
-    let (tx, rx) = weft_sched::channel(1);
+    let (tx, rx) = weft_sched::channel(REPLY_CAPACITY);
     let trace = shared
         .trace_context
         .then(|| crate::trace_context::RequestSpan::for_incoming(&parts.headers));
@@ -146,9 +146,9 @@ async fn serve_one(shared: Arc<Shared>, request: Request<IncomingBody>) -> Respo
     match submitted {
         Ok(_) => {
             shared.pump();
-            match rx.recv_async().await {
-                Ok(response) => response,
-                Err(_) => refuse(500, "the request was lost\n"),
+            match await_reply(rx).await {
+                Some(response) => response,
+                None => refuse(500, "the request was lost\n"),
             }
         }
         Err(refusal) => {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use wasmtime::Engine;
-use weft_http_attrib::{InstanceId, Policy};
+use weft_http_attrib::InstanceId;
 
 use crate::dispatch::{Incoming, Shared};
 
@@ -15,9 +15,12 @@ pub(crate) trait GuestKind: Send + Sync + 'static {
     /// The engine the guest was compiled for (the server's ticker advances its epoch).
     fn engine(&self) -> &Engine;
 
-    /// Narrows the instance policy to what this guest can take (the flags apply to every
-    /// guest kind; some guests serve one request at a time per instance).
-    fn adjust_policy(&self, _policy: &mut Policy) {}
+    /// Whether an instance serves one request at a time. The policy then allows one request
+    /// in flight per instance (the flags apply to every guest kind) and retires instances
+    /// after [`ServeConfig::sequential_max_requests`](crate::ServeConfig::sequential_max_requests).
+    fn one_request_at_a_time(&self) -> bool {
+        false
+    }
 
     /// Instantiates the guest once and drops it: a guest whose instantiation fails is a load
     /// error at startup, not a stream of 500s. `Err` holds wasmtime's message.

@@ -10,6 +10,7 @@ mod dispatch;
 mod error;
 mod front;
 mod guest;
+mod guest_wasi;
 mod listen;
 mod metrics;
 mod ops;
@@ -20,7 +21,7 @@ mod trace_context;
 pub mod wasix;
 
 pub use body::ResponseBody;
-pub use config::{DEFAULT_MAX_BODY, Limits, ServeConfig};
+pub use config::{DEFAULT_MAX_BODY, DEFAULT_SEQUENTIAL_MAX_REQUESTS, Limits, ServeConfig};
 pub use error::ServeError;
 pub use server::{ServeReport, Server, ShutdownHandle};
 /// The instance policy [`ServeConfig::policy`] takes (from `weft-http-attrib`).

@@ -76,8 +76,7 @@ impl Server {
         } else {
             Arc::new(WasixGuest::load(&config)?)
         };
-        let mut policy = config.effective_policy();
-        guest.adjust_policy(&mut policy);
+        let policy = config.effective_policy(guest.one_request_at_a_time());
         let drain_timeout = policy.drain_timeout;
         let registry = Registry::new(policy, Registry::random_server_tag())?;
         let trace = match &config.trace {

@@ -63,6 +63,35 @@ fn a_p2_hello_component_is_served_by_reused_instances_one_request_at_a_time() {
     );
 }
 
+/// Clients that hang up before their answer leave nothing behind: their requests are still
+/// finished (the body read, the registry told), so the one instance serves on. A request left
+/// unfinished would hold it until the request timeout, an hour here.
+#[test]
+fn requests_whose_clients_hang_up_still_finish_and_free_their_instance() {
+    let mut config = config("p2_hello");
+    config.policy.max_instances = 1;
+    config.limits.request_timeout = Duration::from_secs(3600);
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    for round in 0..4 {
+        let gone: Vec<std::net::TcpStream> = (0..16)
+            .map(|i| {
+                let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                let text = format!("GET /gone/{round}/{i} HTTP/1.1\r\nhost: test\r\n\r\n");
+                std::io::Write::write_all(&mut stream, text.as_bytes()).unwrap();
+                stream
+            })
+            .collect();
+        // Some are answered before this, some while it runs, some after.
+        drop(gone);
+        let reply = request(addr, &format!("/after/{round}"), &[]);
+        assert_eq!(reply.status, 200, "round {round}: {reply:?}");
+    }
+    let report = stop(server);
+    assert!(report.killed.is_empty(), "{report:?}");
+    assert_eq!(report.stats.failed, 0, "{:?}", report.stats);
+}
+
 /// The ids `replies` carried, with how many calls each says it made (its body lists their
 /// statuses).
 fn calls_per_id(replies: &[Reply]) -> HashMap<String, usize> {

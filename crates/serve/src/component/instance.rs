@@ -5,8 +5,8 @@
 //! exited (keep-alive: a 0.3 task may work on after returning its response), and ends work
 //! that outlives its drain deadline.
 //!
-//! Response bodies are read by a green thread per response, outside the store: a 0.2 guest
-//! writing its body blocks the store until the reader takes it.
+//! Response bodies are read outside the store, by the request's connection ([`super::response`]):
+//! a 0.2 guest writing its body blocks the store until the reader takes it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::{Future, poll_fn};
@@ -491,7 +491,15 @@ impl Serving {
             handle
                 .finish_call_concurrent(accessor, started.call)
                 .await?;
-            if !responded.load(Ordering::Acquire) {
+            if responded.load(Ordering::Acquire) {
+                // The response is with the connection, its body written (a 0.2 handler writes
+                // it before it returns): the instance takes its next request now, while the
+                // client still receives this one.
+                let handed = shared.registry.lock().handed_over(incoming.id);
+                if handed.is_ok() {
+                    shared.pump();
+                }
+            } else {
                 eprintln!(
                     "weft serve: the handler of {} returned without setting a response",
                     incoming.id

@@ -20,13 +20,14 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
-use weft_http_attrib::{InstanceId, Policy};
+use weft_http_attrib::InstanceId;
 use weft_wasix_context::GuestFileError;
 
 use crate::config::ServeConfig;
 use crate::dispatch::Shared;
 use crate::error::ServeError;
 use crate::guest::{GuestKind, InstanceInbox};
+use crate::guest_wasi::GuestWasi;
 use outgoing::OutgoingHooks;
 use state::ComponentState;
 
@@ -59,6 +60,8 @@ pub(crate) struct ComponentGuest {
     /// wasmtime-wasi's clocks, stdio and wasi:http's body tasks need a tokio runtime entered
     /// while they are polled; its ambient runtime is entered around every poll of a store.
     tokio: tokio::runtime::Handle,
+    /// The environment and directories of every instance's WASI context.
+    wasi: GuestWasi,
 }
 
 impl ComponentGuest {
@@ -66,6 +69,8 @@ impl ComponentGuest {
     /// with nothing imported that the host lacks.
     pub(crate) fn load(config: &ServeConfig) -> Result<Self, ServeError> {
         let path = &config.wasm;
+        let wasi = config.guest_wasi();
+        wasi.check()?;
         let refuse = |message: String| ServeError::Component {
             path: path.clone(),
             message,
@@ -127,7 +132,12 @@ impl ComponentGuest {
         let tokio = wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| {
             tokio::runtime::Handle::current()
         });
-        Ok(ComponentGuest { engine, pre, tokio })
+        Ok(ComponentGuest {
+            engine,
+            pre,
+            tokio,
+            wasi,
+        })
     }
 
     /// Whether this is a `wasi:http/proxy@0.2.x` guest.
@@ -163,12 +173,10 @@ impl GuestKind for ComponentGuest {
         &self.engine
     }
 
-    fn adjust_policy(&self, policy: &mut Policy) {
+    fn one_request_at_a_time(&self) -> bool {
         // A 0.2 handler is lifted synchronously: wasmtime runs one call per instance at a
         // time and queues the others behind it, where the registry cannot see them.
-        if self.is_p2() {
-            policy.max_in_flight_per_instance = 1;
-        }
+        self.is_p2()
     }
 
     fn probe(&self, shared: &Arc<Shared>) -> Result<(), String> {
@@ -200,6 +208,7 @@ impl ComponentGuest {
         let mut store = Store::new(
             &self.engine,
             ComponentState::new(
+                &self.wasi,
                 OutgoingHooks::new(shared),
                 attribution,
                 settings.cpu_budget,
@@ -228,6 +237,9 @@ impl ComponentGuest {
         &self,
         store: &mut Store<ComponentState>,
     ) -> wasmtime::Result<instance::Proxy> {
+        if let Some(error) = store.data_mut().wasi_error.take() {
+            return Err(wasmtime::Error::msg(error.to_string()));
+        }
         Ok(match &self.pre {
             GuestPre::P2(pre) => instance::Proxy::P2(pre.instantiate_async(store).await?),
             GuestPre::P3(pre) => instance::Proxy::P3(pre.instantiate_async(store).await?),

@@ -1,7 +1,8 @@
-//! A component's response on its way to the client, in a green thread of its own: the body is
-//! held whole while it fits the response buffer (the client then gets it with its length);
-//! past the buffer the head goes out and the body streams ([`BodyStream`]), the guest's body
-//! read only as fast as the client takes it.
+//! A component's response on its way to the client. The request's connection reads the body
+//! (the green thread that sends it: no hop to another one per request): held whole while it
+//! fits the response buffer, the client then gets it with its length; past the buffer the head
+//! goes out and the body streams ([`BodyStream`]) from a green thread of its own, the guest's
+//! body read only as fast as the client takes it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use weft_wasix_context::Errno;
 
 use super::instance::InstanceMsg;
 use crate::body::{BodyStream, StreamWriter};
-use crate::dispatch::{Incoming, Shared};
+use crate::dispatch::{Incoming, ReadThenRespond, Shared};
 use crate::timeout::with_timeout;
 
 /// How long the guest may take to produce the next piece of its response body.
@@ -28,9 +29,9 @@ enum Next {
     Failed(String),
 }
 
-fn next(body: &mut WasiBody) -> Next {
+async fn next(body: &mut WasiBody) -> Next {
     loop {
-        match weft_sched::block_on(with_timeout(body.frame(), BODY_IDLE_TIMEOUT)) {
+        match with_timeout(body.frame(), BODY_IDLE_TIMEOUT).await {
             None => {
                 return Next::Failed(format!(
                     "no more of it came within {} s",
@@ -49,65 +50,77 @@ fn next(body: &mut WasiBody) -> Next {
     }
 }
 
-/// Reads the body of `response` and sends it to the client, whole or streamed.
+/// Has the connection of `incoming` read the body of `response` and send it to the client,
+/// whole or streamed.
 pub(super) fn deliver(
     shared: Arc<Shared>,
     incoming: Arc<Incoming>,
     inbox: UnboundedSender<InstanceMsg>,
     response: http::Response<WasiBody>,
 ) {
-    weft_sched::spawn(move || {
-        let (mut parts, mut body) = response.into_parts();
-        // The server frames the body itself: its length when whole, chunks when streamed.
-        parts.headers.remove(http::header::TRANSFER_ENCODING);
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        if let Ok(value) = http::HeaderValue::from_str(&incoming.header_value) {
-            parts.headers.insert(REQUEST_ID_HEADER, value);
-        }
-        let limits = &shared.settings.limits;
-        let mut held: Vec<Bytes> = Vec::new();
-        let (mut held_len, mut total) = (0usize, 0usize);
-        let whole = loop {
-            match next(&mut body) {
-                Next::End => break true,
-                Next::Data(data) => {
-                    total += data.len();
-                    if total > limits.max_response_body {
-                        return failed(&shared, &incoming, "it is over --max-response-body");
-                    }
-                    held_len += data.len();
-                    held.push(data);
-                    if held_len > limits.response_buffer {
-                        break false;
-                    }
+    let read = read_then_respond(shared, incoming.clone(), inbox, response);
+    incoming.respond_after(ReadThenRespond::new(read));
+}
+
+async fn read_then_respond(
+    shared: Arc<Shared>,
+    incoming: Arc<Incoming>,
+    inbox: UnboundedSender<InstanceMsg>,
+    response: http::Response<WasiBody>,
+) {
+    let (mut parts, mut body) = response.into_parts();
+    // The server frames the body itself: its length when whole, chunks when streamed.
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    if let Ok(value) = http::HeaderValue::from_str(&incoming.header_value) {
+        parts.headers.insert(REQUEST_ID_HEADER, value);
+    }
+    let limits = &shared.settings.limits;
+    let mut held: Vec<Bytes> = Vec::new();
+    let (mut held_len, mut total) = (0usize, 0usize);
+    let whole = loop {
+        match next(&mut body).await {
+            Next::End => break true,
+            Next::Data(data) => {
+                total += data.len();
+                if total > limits.max_response_body {
+                    return failed(&shared, &incoming, "it is over --max-response-body");
                 }
-                Next::Failed(why) => return failed(&shared, &incoming, &why),
+                held_len += data.len();
+                held.push(data);
+                if held_len > limits.response_buffer {
+                    break false;
+                }
             }
-        };
-        if whole {
-            let bytes: Bytes = match held.len() {
-                1 => held.pop().expect("one"),
-                _ => held.concat().into(),
-            };
-            // Already answered when it failed meanwhile (then the registry has settled it),
-            // or by an earlier run on an instance that trapped (then this run's response
-            // counts).
-            incoming.respond(&shared, http::Response::from_parts(parts, bytes));
-            responded(&shared, &incoming, &inbox, true);
-            return;
+            Next::Failed(why) => return failed(&shared, &incoming, &why),
         }
-        let stream = BodyStream::new(limits.response_buffer);
-        let writer = StreamWriter::new(stream.clone());
-        incoming.respond_streaming(&shared, parts, stream);
-        // The head is out: the request cannot be retried elsewhere now; the body's writer
-        // keeps working until the body ends, so the drain deadline starts only then.
-        let in_registry = responded(&shared, &incoming, &inbox, false);
+    };
+    if whole {
+        let bytes: Bytes = match held.len() {
+            1 => held.pop().expect("one"),
+            _ => held.concat().into(),
+        };
+        // Already answered when it failed meanwhile (then the registry has settled it),
+        // or by an earlier run on an instance that trapped (then this run's response
+        // counts).
+        incoming.respond(&shared, http::Response::from_parts(parts, bytes));
+        responded(&shared, &incoming, &inbox, true);
+        return;
+    }
+    let stream = BodyStream::new(limits.response_buffer);
+    let writer = StreamWriter::new(stream.clone());
+    incoming.respond_streaming(&shared, parts, stream);
+    // The head is out: the request cannot be retried elsewhere now; the body's writer
+    // keeps working until the body ends, so the drain deadline starts only then.
+    let in_registry = responded(&shared, &incoming, &inbox, false);
+    weft_sched::spawn(move || {
+        let limits = &shared.settings.limits;
         let outcome = (|| {
             for data in held {
                 write_all(&writer, data, limits.request_timeout)?;
             }
             loop {
-                match next(&mut body) {
+                match weft_sched::block_on(next(&mut body)) {
                     Next::End => return Ok(()),
                     Next::Data(data) => {
                         total += data.len();

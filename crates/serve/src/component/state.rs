@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{GuestTaskId, ResourceTable};
 use wasmtime::{CallHook, StoreContextMut, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use weft_http_attrib::{ComponentAttribution, RequestId};
+use weft_wasix_context::LoadError;
 
 use super::outgoing::OutgoingHooks;
+use crate::guest_wasi::GuestWasi;
 
 /// The store data of one component instance.
 pub(crate) struct ComponentState {
@@ -23,20 +25,27 @@ pub(crate) struct ComponentState {
     pub(crate) cpu: TaskCpu,
     /// Linear memory per instance (`memory.grow` beyond it fails).
     pub(crate) limits: StoreLimits,
+    /// Why `wasi` lacks a directory the configuration gives (one that could be opened at start
+    /// but no longer can): instantiating the store fails with it, so no instance runs without
+    /// what its guest was promised.
+    pub(crate) wasi_error: Option<LoadError>,
 }
 
 impl ComponentState {
     pub(crate) fn new(
+        wasi: &GuestWasi,
         hooks: OutgoingHooks,
         attribution: Option<ComponentAttribution>,
         budget: Duration,
         max_memory: usize,
     ) -> Self {
+        let (wasi, wasi_error) = match wasi.builder() {
+            Ok(mut builder) => (builder.build(), None),
+            Err(error) => (WasiCtx::default(), Some(error)),
+        };
         ComponentState {
-            wasi: WasiCtxBuilder::new()
-                .inherit_stdout()
-                .inherit_stderr()
-                .build(),
+            wasi,
+            wasi_error,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks,
@@ -170,6 +179,46 @@ pub(crate) fn call_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wasi_context_has_the_configured_env_and_directories() {
+        use wasmtime_wasi::cli::WasiCliView;
+        use wasmtime_wasi::filesystem::WasiFilesystemView;
+        use wasmtime_wasi::p2::bindings::cli::environment::Host as _;
+        use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as _;
+
+        let dir = std::env::temp_dir().join(format!("weft-serve-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = crate::ServeConfig::new("guest.wasm");
+        config.env.push(("A".into(), "1".into()));
+        config.dirs.push((dir.clone(), "/data".into()));
+        let mut state = ComponentState::new(
+            &config.guest_wasi(),
+            OutgoingHooks::new(None),
+            None,
+            Duration::from_secs(1),
+            1 << 20,
+        );
+        assert!(state.wasi_error.is_none());
+        assert_eq!(
+            state.cli().get_environment().unwrap(),
+            [("A".to_string(), "1".to_string())]
+        );
+        let preopens = state.filesystem().get_directories().unwrap();
+        let names: Vec<&str> = preopens.iter().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(names, ["/data"]);
+
+        // Gone since the start: the store is marked, so instantiating it fails.
+        std::fs::remove_dir(&dir).unwrap();
+        let state = ComponentState::new(
+            &config.guest_wasi(),
+            OutgoingHooks::new(None),
+            None,
+            Duration::from_secs(1),
+            1 << 20,
+        );
+        assert!(state.wasi_error.is_some());
+    }
 
     #[test]
     fn cpu_is_summed_per_request_and_the_last_entered_is_blamed() {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::{Instance, Store, UpdateDeadline};
-use wasmtime_wasi::WasiCtxBuilder;
 use weft_http_attrib::{Attribution, InstanceId, RequestId};
 use weft_sched::{Receiver, Sender};
 use weft_wasix_context::{ContextId, ContextState, HostContexts, Resumed, WasixContexts};
@@ -52,10 +51,16 @@ impl InstanceInbox for Sender<InstanceMsg> {
 /// running at this many ticks has used about that much CPU time.
 const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
-pub(crate) fn new_store(guest: &WasixGuest, http: Option<InstanceHttp>) -> Store<HostState> {
-    let wasi = WasiCtxBuilder::new()
-        .inherit_stdout()
-        .inherit_stderr()
+/// A store for one instance of `guest`. `Err` when a directory of the configuration can no
+/// longer be opened: the instance is not created rather than run without it.
+pub(crate) fn new_store(
+    guest: &WasixGuest,
+    http: Option<InstanceHttp>,
+) -> wasmtime::Result<Store<HostState>> {
+    let wasi = guest
+        .wasi
+        .builder()
+        .map_err(|e| wasmtime::Error::msg(e.to_string()))?
         .build_p1();
     let mut store = Store::new(
         &guest.engine,
@@ -123,7 +128,7 @@ pub(crate) fn new_store(guest: &WasixGuest, http: Option<InstanceHttp>) -> Store
         }
         Ok(UpdateDeadline::Yield(1))
     });
-    store
+    Ok(store)
 }
 
 /// Instantiates the guest and runs its start code, within the CPU budget.
@@ -147,7 +152,7 @@ async fn instantiate(
 
 /// Instantiates the guest once, serving nothing: a load-time check.
 pub(crate) fn probe(guest: &WasixGuest) -> Result<(), String> {
-    let mut store = new_store(guest, None);
+    let mut store = new_store(guest, None).map_err(|e| format!("{e:?}"))?;
     weft_sched::block_on(instantiate(guest, &mut store))
         .map(drop)
         .map_err(|e| format!("{e:?}"))
@@ -162,9 +167,11 @@ pub(crate) fn run_instance(
     inbox: Receiver<InstanceMsg>,
 ) {
     let http = InstanceHttp::new(shared.clone(), id, inbox_tx);
-    let mut store = new_store(&guest, Some(http));
-    let instance = match weft_sched::block_on(instantiate(&guest, &mut store)) {
-        Ok(instance) => instance,
+    let created = new_store(&guest, Some(http)).and_then(|mut store| {
+        weft_sched::block_on(instantiate(&guest, &mut store)).map(|instance| (store, instance))
+    });
+    let (store, instance) = match created {
+        Ok(created) => created,
         Err(error) => {
             instantiation_failed(&shared, id, &inbox, &error);
             return;

@@ -20,6 +20,7 @@ use weft_wasix_context::{ContextConfig, LoadError};
 use crate::config::ServeConfig;
 use crate::dispatch::Shared;
 use crate::guest::{GuestKind, InstanceInbox};
+use crate::guest_wasi::GuestWasi;
 use instance::InstanceMsg;
 use state::{HostState, contexts_of};
 
@@ -40,6 +41,8 @@ pub(crate) struct WasixGuest {
     max_instance_memory: usize,
     /// CPU time an instance's start code (`_initialize`, C constructors) may use.
     init_budget: std::time::Duration,
+    /// The environment and directories of every instance's WASI context.
+    wasi: GuestWasi,
 }
 
 impl WasixGuest {
@@ -47,6 +50,8 @@ impl WasixGuest {
     /// importing nothing the host lacks.
     pub(crate) fn load(config: &ServeConfig) -> Result<Self, LoadError> {
         let path = &config.wasm;
+        let wasi = config.guest_wasi();
+        wasi.check()?;
         let mut contexts = config.contexts.clone();
         contexts.record_events = true;
         // One budget for every instance of the server: each instance's own `max_contexts`
@@ -74,6 +79,7 @@ impl WasixGuest {
             memory_budget: memory::MemoryBudget::new(config.limits.memory_budget),
             max_instance_memory: config.limits.max_instance_memory,
             init_budget: config.cpu_budget,
+            wasi,
         })
     }
 }
