@@ -269,7 +269,9 @@ impl ComponentAttribution {
     /// The store is being dropped: bound requests whose tasks were not seen
     /// to exit end here. Those that had answered are drained with their
     /// root task counted as one straggler; those that had not get
-    /// [`Outcome::NoResponse`](crate::Outcome::NoResponse).
+    /// [`Outcome::NoResponse`](crate::Outcome::NoResponse). Requests the
+    /// instance handed over ([`Registry::handed_over`](crate::Registry::handed_over))
+    /// are no longer its own: whoever sends their response finishes them.
     pub fn store_dropped(&mut self, now: Instant) -> Result<Vec<Summary>, AttribError> {
         let mut bound: Vec<RequestId> = self.roots.drain().map(|(_, r)| r).collect();
         bound.sort();
@@ -278,7 +280,7 @@ impl ComponentAttribution {
         let mut registry = self.registry.lock();
         let mut finished = Vec::new();
         for request in bound {
-            if !registry.is_live(request) {
+            if !registry.is_live(request) || registry.was_handed_over(request) {
                 continue;
             }
             let responded = registry.has_responded(request);

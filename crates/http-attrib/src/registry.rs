@@ -379,6 +379,11 @@ impl Registry {
             .is_some_and(|r| r.responded_at.is_some())
     }
 
+    /// Has live `request`'s instance handed it over ([`Registry::handed_over`])?
+    pub fn was_handed_over(&self, request: RequestId) -> bool {
+        self.requests.get(&request).is_some_and(|r| r.handed_over)
+    }
+
     /// The instance `request` runs on, if it has been started.
     pub fn instance_of(&self, request: RequestId) -> Option<InstanceId> {
         self.requests.get(&request)?.instance
@@ -938,7 +943,9 @@ mod tests {
                 }
             ]
         );
+        assert!(!reg.was_handed_over(a));
         reg.handed_over(a).unwrap();
+        assert!(reg.was_handed_over(a));
         // The next request goes to the same instance while `a` is still on its way out.
         assert_eq!(
             settle(&mut reg, now),

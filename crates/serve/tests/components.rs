@@ -63,6 +63,28 @@ fn a_p2_hello_component_is_served_by_reused_instances_one_request_at_a_time() {
     );
 }
 
+/// A 0.2 instance retired after its last request is dropped while that request's response
+/// is still on its way to the client: the response arrives whole all the same.
+#[test]
+fn a_p2_instance_dropped_after_its_last_request_still_delivers_that_response() {
+    let mut config = config("p2_hello");
+    config.sequential_max_requests = 2;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let replies = concurrently(48, |i| request(addr, &format!("/short/{i}"), &[]));
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            reply
+                .body
+                .starts_with(&format!("hello from a p2 component: /short/{i} "))
+        );
+    }
+    let report = stop(server);
+    assert_eq!(report.stats.completed, 48, "{:?}", report.stats);
+    assert!(report.stats.instances_created >= 24, "{:?}", report.stats);
+}
+
 /// Clients that hang up before their answer leave nothing behind: their requests are still
 /// finished (the body read, the registry told), so the one instance serves on. A request left
 /// unfinished would hold it until the request timeout, an hour here.
