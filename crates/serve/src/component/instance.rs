@@ -101,11 +101,46 @@ impl InstanceInbox for Inbox {
 /// Runs `future` to completion on this green thread with tokio's runtime entered while it is
 /// polled (only then: the green thread may resume on another worker between polls).
 pub(crate) fn block_in_tokio<F: Future>(tokio: &tokio::runtime::Handle, future: F) -> F::Output {
+    block_in_tokio_flushing(tokio, future, &Deferred::default())
+}
+
+/// [`block_in_tokio`], handing `deferred`'s responses over each time the future waits.
+fn block_in_tokio_flushing<F: Future>(
+    tokio: &tokio::runtime::Handle,
+    future: F,
+    deferred: &Deferred,
+) -> F::Output {
     let mut future = pin!(future);
     weft_sched::block_on(poll_fn(|cx| {
         let _entered = tokio.enter();
-        future.as_mut().poll(cx)
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() {
+            deferred.hand_over();
+        }
+        poll
     }))
+}
+
+/// Responses a 0.2 handler has set but that are not yet handed to their connections. A 0.2
+/// handler sets its response and then writes the body; handed over at once, the connection
+/// would wake to read each piece as it comes. Held until the handler returns, the body is
+/// whole by then and read in one go. Held no longer than that, or until the instance waits
+/// for anything (a guest writing more body than its channel holds waits for the reader): the
+/// instance's green thread hands them over before it parks, so a reader is always there.
+#[derive(Default)]
+pub(crate) struct Deferred(std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>);
+
+impl Deferred {
+    fn hold(&self, deliver: Box<dyn FnOnce() + Send>) {
+        self.0.lock().unwrap().push(deliver);
+    }
+
+    fn hand_over(&self) {
+        let held = std::mem::take(&mut *self.0.lock().unwrap());
+        for deliver in held {
+            deliver();
+        }
+    }
 }
 
 /// The body of an instance's green thread.
@@ -139,10 +174,12 @@ pub(crate) fn run_instance(
         id,
         inbox: inbox_tx,
         handler: Handler::of(&proxy),
+        deferred: Arc::new(Deferred::default()),
     };
-    let result = block_in_tokio(
+    let result = block_in_tokio_flushing(
         &guest.tokio,
         store.run_concurrent(async |accessor| serving.run(accessor, &mut inbox).await),
+        &serving.deferred,
     )
     .and_then(|result| result);
     match result {
@@ -178,6 +215,7 @@ struct Serving {
     id: InstanceId,
     inbox: UnboundedSender<InstanceMsg>,
     handler: Handler,
+    deferred: Arc<Deferred>,
 }
 
 impl Serving {
@@ -456,10 +494,13 @@ impl Serving {
             let (shared, incoming, inbox) =
                 (self.shared.clone(), incoming.clone(), self.inbox.clone());
             let responded = responded.clone();
+            let deferred = self.deferred.clone();
             move |response: Result<http::Response<WasiBody>, p2_types::ErrorCode>| {
                 responded.store(true, Ordering::Release);
                 match response {
-                    Ok(response) => super::response::deliver(shared, incoming, inbox, response),
+                    Ok(response) => deferred.hold(Box::new(move || {
+                        super::response::deliver(shared, incoming, inbox, response)
+                    })),
                     Err(code) => {
                         eprintln!(
                             "weft serve: the handler of {} set error {code:?} as its response",
@@ -487,10 +528,12 @@ impl Serving {
         })?;
         self.displaced(&started);
         let shared = self.shared.clone();
+        let deferred = self.deferred.clone();
         Ok(Box::pin(async move {
             handle
                 .finish_call_concurrent(accessor, started.call)
                 .await?;
+            deferred.hand_over();
             if responded.load(Ordering::Acquire) {
                 // The response is with the connection, its body written (a 0.2 handler writes
                 // it before it returns): the instance takes its next request now, while the
