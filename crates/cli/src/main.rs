@@ -91,7 +91,8 @@ struct ServeArgs {
     /// components, whose instances serve one request at a time]
     #[arg(long, visible_alias = "max-instance-reuse-count", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_requests: Option<u64>,
-    /// Maximum live instances [default: 2 x workers]
+    /// Instances taking requests; retiring ones come on top, up to as many again [default: one
+    /// per worker]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_instances: Option<u64>,
     /// Requests that may wait for an instance; beyond it: 503 [default: 1024 x workers]

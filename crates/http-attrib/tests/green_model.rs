@@ -192,6 +192,19 @@ impl World {
             && instance.served < p.max_requests_per_instance
     }
 
+    /// Whether the policy lets one more instance be added: those that take requests below
+    /// `max_instances`, and all (retired and trapped ones finishing their last requests
+    /// included) below twice it.
+    fn room_for_an_instance(&self) -> bool {
+        let p = policy();
+        let active = self
+            .instances
+            .values()
+            .filter(|m| !m.closed && m.served < p.max_requests_per_instance)
+            .count();
+        active < p.max_instances && self.instances.len() < 2 * p.max_instances
+    }
+
     /// Requests the instances could start at once.
     fn room(&self) -> usize {
         let p = policy();
@@ -626,7 +639,7 @@ impl World {
                 Some(Action::SpawnInstance) => {
                     assert!(!self.queue.is_empty());
                     assert!(!self.instances.iter().any(|(&id, m)| self.eligible(m, id)));
-                    assert!(self.instances.len() < policy().max_instances);
+                    assert!(self.room_for_an_instance());
                     let id = self.registry.lock().add_instance().unwrap();
                     assert!(
                         !self.instances.contains_key(&id),
@@ -671,7 +684,7 @@ impl World {
                 "a request waits next to a free instance"
             );
             assert!(
-                self.instances.len() >= policy().max_instances,
+                !self.room_for_an_instance(),
                 "a request waits while an instance could be added"
             );
         }
