@@ -128,7 +128,7 @@ fn block_in_tokio_flushing<F: Future>(
 /// for anything (a guest writing more body than its channel holds waits for the reader): the
 /// instance's green thread hands them over before it parks, so a reader is always there.
 #[derive(Default)]
-pub(crate) struct Deferred(std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>);
+struct Deferred(std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>);
 
 impl Deferred {
     fn hold(&self, deliver: Box<dyn FnOnce() + Send>) {
