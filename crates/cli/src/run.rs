@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use wasmtime::{Config, Engine, Linker, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
-use weft_wasix_context::{ContextConfig, EntrypointReturned, HostContexts, WasixContexts};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use weft_wasix_context::{
+    ContextConfig, EntrypointReturned, HostContexts, WasixContexts, grant_host_access,
+};
 
 pub use weft_wasix_context::LoadError;
 
@@ -175,19 +177,7 @@ impl RunOptions {
         let argv0 = self.wasm.to_string_lossy().into_owned();
         builder.arg(argv0);
         builder.args(&self.args);
-        for (key, value) in &self.env {
-            builder.env(key, value);
-        }
-        for (host, guest) in &self.dirs {
-            builder
-                .preopened_dir(host, guest, FsPerms::ReadWrite)
-                .map_err(|e| {
-                    LoadError::Setup(format!(
-                        "cannot preopen directory `{}`: {e:#}",
-                        host.display()
-                    ))
-                })?;
-        }
+        grant_host_access(&mut builder, &self.env, &self.dirs)?;
         let output = if self.capture_output {
             let stdout = MemoryOutputPipe::new(CAPTURE_LIMIT);
             let stderr = MemoryOutputPipe::new(CAPTURE_LIMIT);

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
-use weft_wasix_context::LoadError;
+use wasmtime_wasi::WasiCtxBuilder;
+use weft_wasix_context::{LoadError, grant_host_access};
 
 /// The part of a guest instance's WASI context that the configuration decides: its environment
 /// and preopened directories ([`ServeConfig::env`], [`ServeConfig::dirs`]). Kept by each guest
@@ -21,20 +21,7 @@ impl GuestWasi {
     pub(crate) fn builder(&self) -> Result<WasiCtxBuilder, LoadError> {
         let mut builder = WasiCtxBuilder::new();
         builder.inherit_stdout().inherit_stderr();
-        for (key, value) in &self.env {
-            builder.env(key, value);
-        }
-        for (host, guest) in &self.dirs {
-            // The message is `weft run`'s for the same directory.
-            builder
-                .preopened_dir(host, guest, FsPerms::ReadWrite)
-                .map_err(|e| {
-                    LoadError::Setup(format!(
-                        "cannot preopen directory `{}`: {e:#}",
-                        host.display()
-                    ))
-                })?;
-        }
+        grant_host_access(&mut builder, &self.env, &self.dirs)?;
         Ok(builder)
     }
 

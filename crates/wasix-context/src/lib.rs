@@ -7,6 +7,7 @@ mod driver;
 mod errno;
 mod events;
 mod guest_file;
+mod host_access;
 mod host_stacks;
 mod rewrite;
 mod shadow_stack;
@@ -29,6 +30,7 @@ pub use guest_file::{
     GuestFileError, LoadError, MissingImport, check_entry, check_imports, first_missing_import,
     load_core_module, read_core_module,
 };
+pub use host_access::grant_host_access;
 pub use host_stacks::{ContextBudget, PooledStacks};
 pub use rewrite::{SAVING_MODULE, SAVING_SWITCH, rewrite_guest};
 pub use shadow_stack::ShadowStackOverflow;
