@@ -1,9 +1,12 @@
 //! `weft serve` as a process: the ready line, a request, SIGINT draining, load errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod support;
+use support::start_serve;
 
 const HELLO: &str = r#"(module
   (import "weft_http_v1" "response_write" (func $write (param i32 i32) (result i32)))
@@ -27,21 +30,11 @@ fn write_guest(name: &str, text: &str) -> PathBuf {
 #[test]
 fn serves_until_sigint_then_drains_and_exits_0() {
     let guest = write_guest("hello.wat", HELLO);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
-        .arg(&guest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    let addr = ready
-        .trim()
-        .strip_prefix("weft serve: listening on http://")
-        .unwrap_or_else(|| panic!("unexpected ready line {ready:?}"))
-        .to_string();
+    let (child, addr) = start_serve(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+            .arg(&guest),
+    );
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream
         .write_all(b"GET /hi HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")

@@ -3,12 +3,13 @@
 //! sees the environment and directories it is given. The guest is the C guest
 //! `guests/http/http_env_dir.c`, built by `cargo xtask build-guests`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
-const READY_PREFIX: &str = "weft serve: listening on http://";
+mod support;
+use support::start_serve as start;
 
 /// A C guest built by `cargo xtask build-guests`; fails (never skips) when it is missing.
 fn guest(name: &str) -> PathBuf {
@@ -42,29 +43,6 @@ fn scratch_dir(name: &str) -> PathBuf {
 
 fn weft() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weft"))
-}
-
-/// Starts `weft serve ARGS` and returns it with the address of its ready line.
-fn start(command: &mut Command) -> (Child, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    match ready.trim().strip_prefix(READY_PREFIX) {
-        Some(addr) => (child, addr.to_string()),
-        None => {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "unexpected ready line {ready:?}; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
 }
 
 fn get(addr: &str, path: &str) -> String {

@@ -95,14 +95,9 @@ impl Upstream {
                 let Ok(mut stream) = stream else { continue };
                 let record = record.clone();
                 std::thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
+                    let Some(head) = read_head(&mut stream) else {
+                        return;
+                    };
                     let text = String::from_utf8_lossy(&head).to_string();
                     let reply = parse_reply(&text);
                     let path = text.split(' ').nth(1).unwrap_or("").to_string();
@@ -207,14 +202,9 @@ impl GatedUpstream {
             let Ok((mut stream, _)) = listener.accept() else {
                 return;
             };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
-            }
+            let Some(head) = read_head(&mut stream) else {
+                return;
+            };
             let reply = parse_reply(&String::from_utf8_lossy(&head));
             let id = reply.headers.get("weft-request-id").cloned();
             let _ = seen_tx.send(id.unwrap_or_default());
@@ -241,4 +231,18 @@ impl GatedUpstream {
     pub fn release(&self) {
         let _ = self.release.send(());
     }
+}
+
+/// Reads a request head byte by byte (so nothing of a body is consumed), up to its blank line;
+/// `None` if the connection ends first.
+fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
 }
