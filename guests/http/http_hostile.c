@@ -14,6 +14,10 @@
  *   /never              switches to main without waiting and never answers
  *   /spin               registers a wait, then spins until /flag is called, then waits
  *   /flag               raises the flag /spin waits for
+ *   /busy               sets a global, logs "busy start", computes for about a second without
+ *                       calling the host, clears the global: "busy done"
+ *   /observe            "busy N": whether it ran while /busy held the global (it must not:
+ *                       contexts switch only where the guest says)
  */
 // xtask-flag: -mexec-model=reactor
 #include <stdio.h>
@@ -25,6 +29,7 @@
 #define PATH_CAP 256
 
 static volatile int flag;
+static volatile int busy;
 
 static void respond(int status, const char *body) {
   weft_http_response_status(status);
@@ -127,6 +132,21 @@ static void spin(void) {
   respond(200, "spun\n");
 }
 
+static void compute(void) {
+  busy = 1;
+  weft_http_raw_log(1, "busy start", 10);
+  volatile uint32_t counter = 0;
+  for (uint32_t i = 0; i < (1u << 30); i++) counter += i;
+  busy = 0;
+  respond(200, "busy done\n");
+}
+
+static void observe(void) {
+  char body[32];
+  snprintf(body, sizeof body, "busy %d\n", busy);
+  respond(200, body);
+}
+
 WEFT_HTTP_HANDLER void handle(void) {
   char path[PATH_CAP];
   int32_t len = weft_http_request_path(path, PATH_CAP - 1);
@@ -144,6 +164,8 @@ WEFT_HTTP_HANDLER void handle(void) {
   else if (strcmp(path, "/badurl") == 0) bad_url();
   else if (strcmp(path, "/never") == 0) never();
   else if (strcmp(path, "/spin") == 0) spin();
+  else if (strcmp(path, "/busy") == 0) compute();
+  else if (strcmp(path, "/observe") == 0) observe();
   else if (strcmp(path, "/flag") == 0) {
     flag = 1;
     respond(200, "flag\n");

@@ -273,6 +273,9 @@ enum InstanceState {
 struct InstanceRecord {
     state: InstanceState,
     backpressure: bool,
+    /// Its guest is running code that has not come back to the host for a while
+    /// ([`Registry::set_stalled`]).
+    stalled: bool,
     /// Started, not yet responded.
     in_flight: usize,
     /// Started, not yet finished (in flight or post-response).
@@ -487,6 +490,7 @@ impl Registry {
     fn accepts_new(&self, record: &InstanceRecord) -> bool {
         record.state == InstanceState::Active
             && !record.backpressure
+            && !record.stalled
             && record.in_flight < self.policy.max_in_flight_per_instance
             && record.served < self.policy.max_requests_per_instance
     }
@@ -552,16 +556,23 @@ impl Registry {
     }
 
     /// Whether one more instance fits [`Policy::max_instances`]: those taking
-    /// requests (and being created) below it, and all, retiring ones
-    /// included, below twice it.
+    /// requests (and being created) below it, and all, retiring and stalled
+    /// ones included, below twice it.
     fn has_room_for_an_instance(&self) -> bool {
-        let active = self
-            .instances
-            .values()
-            .filter(|r| r.state == InstanceState::Active)
-            .count();
         let max = self.policy.max_instances;
-        active + self.spawning < max && self.instances.len() + self.spawning < max.saturating_mul(2)
+        self.counted_instances(None) + self.spawning < max
+            && self.instances.len() + self.spawning < max.saturating_mul(2)
+    }
+
+    /// Instances that count against [`Policy::max_instances`]: active and not
+    /// stalled, `except` one.
+    fn counted_instances(&self, except: Option<InstanceId>) -> usize {
+        self.instances
+            .iter()
+            .filter(|(id, r)| {
+                r.state == InstanceState::Active && !r.stalled && Some(**id) != except
+            })
+            .count()
     }
 
     /// Registers a new instance: one asked for by [`Action::SpawnInstance`],
@@ -579,6 +590,7 @@ impl Registry {
             InstanceRecord {
                 state: InstanceState::Active,
                 backpressure: false,
+                stalled: false,
                 in_flight: 0,
                 live: 0,
                 served: 0,
@@ -619,6 +631,26 @@ impl Registry {
             .is_some_and(|r| r.backpressure)
     }
 
+    /// The guest of `instance` has been running for a while without coming
+    /// back to the host (`true`: a long computation or a loop; its instance can
+    /// start nothing else meanwhile), or came back (`false`). While stalled it
+    /// takes no new requests and does not count against
+    /// [`Policy::max_instances`], so another instance may be created for
+    /// them (within twice the limit, as for retiring ones). When it comes back
+    /// and the others already fill the limit, it is retired: it finishes what it
+    /// has and is dropped.
+    pub fn set_stalled(&mut self, instance: InstanceId, on: bool) -> Result<(), RegistryError> {
+        let record = self.instance_mut(instance)?;
+        let was = std::mem::replace(&mut record.stalled, on);
+        if was && !on && record.state == InstanceState::Active {
+            let others = self.counted_instances(Some(instance));
+            if others + self.spawning >= self.policy.max_instances {
+                self.retire(instance)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Does `instance` take new requests now?
     pub fn accepts_requests(&self, instance: InstanceId) -> bool {
         self.instances
@@ -640,6 +672,14 @@ impl Registry {
     /// back to the front of the queue for another instance, and this one is retired: it takes
     /// no new requests and is dropped once its others are finished.
     pub fn could_not_start(&mut self, request: RequestId) -> Result<(), RegistryError> {
+        let instance = self.give_back(request)?;
+        self.retire(instance)
+    }
+
+    /// The instance `request` was started on gives it back before running anything of it
+    /// (it stalled, see [`Registry::set_stalled`]): the request goes back to the front of the
+    /// queue for another instance. Returns that instance.
+    pub fn give_back(&mut self, request: RequestId) -> Result<InstanceId, RegistryError> {
         let (record, instance) = self.started(request)?;
         if record.responded_at.is_some() || record.outgoing > 0 || record.handed_over {
             return Err(RegistryError::AlreadyResponded(request));
@@ -651,10 +691,9 @@ impl Registry {
         let instance_record = self.instance_mut(instance)?;
         instance_record.in_flight -= 1;
         instance_record.live -= 1;
-        self.retire(instance)?;
         self.queue.push_front(request);
         self.stats.requeued += 1;
-        Ok(())
+        Ok(instance)
     }
 
     fn started(&self, request: RequestId) -> Result<(&RequestRecord, InstanceId), RegistryError> {
@@ -1201,6 +1240,84 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::Start { request, .. } if *request == rs[2])),
             "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_stalled_instance_takes_nothing_new_and_a_replacement_comes_on_top() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_instances: 1,
+            ..small()
+        });
+        let first = reg.add_instance().unwrap();
+        let r = reg.submit([], now).unwrap();
+        settle(&mut reg, now);
+        assert_eq!(reg.instance_of(r), Some(first));
+        reg.set_stalled(first, true).unwrap();
+        assert!(!reg.accepts_requests(first));
+        let next = reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), Some(Action::SpawnInstance));
+        let second = reg.add_instance().unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            Some(Action::Start {
+                request: next,
+                instance: second
+            })
+        );
+        reg.set_stalled(second, true).unwrap();
+        reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            None,
+            "two stalled instances are twice the limit: the request waits"
+        );
+        // Back while the other is still stalled: it takes requests again.
+        reg.set_stalled(first, false).unwrap();
+        assert!(reg.accepts_requests(first));
+        // Back while the limit is full: retired, dropped once its request is done.
+        reg.set_stalled(second, false).unwrap();
+        assert!(!reg.accepts_requests(second));
+        reg.response_sent(next, now).unwrap();
+        reg.work_finished(next, now).unwrap();
+        assert!(settle(&mut reg, now).contains(&Action::DropInstance(second)));
+        assert_eq!(
+            reg.set_stalled(InstanceId(99), true),
+            Err(RegistryError::UnknownInstance(InstanceId(99)))
+        );
+    }
+
+    #[test]
+    fn a_request_given_back_unstarted_goes_first_to_another_instance() {
+        let now = Instant::now();
+        let mut reg = registry(small());
+        let first = reg.add_instance().unwrap();
+        let (a, b) = (reg.submit([], now).unwrap(), reg.submit([], now).unwrap());
+        settle(&mut reg, now);
+        assert_eq!(reg.instance_of(a), Some(first));
+        assert_eq!(reg.instance_of(b), Some(first));
+        reg.set_stalled(first, true).unwrap();
+        assert_eq!(reg.give_back(b), Ok(first));
+        assert_eq!(reg.instance_of(b), None);
+        assert_eq!(reg.in_flight(), 1);
+        let later = reg.submit([], now).unwrap();
+        let actions = settle(&mut reg, now);
+        let second = reg.instance_of(b).expect("started again");
+        assert_ne!(second, first);
+        let order: Vec<RequestId> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { request, .. } => Some(*request),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, vec![b, later], "the given-back request goes first");
+        reg.response_sent(a, now).unwrap();
+        assert_eq!(
+            reg.give_back(a),
+            Err(RegistryError::AlreadyResponded(a)),
+            "an answered request cannot be given back"
         );
     }
 

@@ -60,6 +60,11 @@ enum Op {
         instance: usize,
         on: bool,
     },
+    /// The instance's guest runs without coming back to the host (`on`), or came back.
+    Stall {
+        instance: usize,
+        on: bool,
+    },
     Advance {
         ms: u64,
     },
@@ -92,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(context, token, bogus)| Op::Enter { context, token, bogus }),
         20 => ix().prop_map(|context| Op::ExitOverride { context }),
         10 => (ix(), any::<bool>()).prop_map(|(instance, on)| Op::Backpressure { instance, on }),
+        10 => (ix(), any::<bool>()).prop_map(|(instance, on)| Op::Stall { instance, on }),
         20 => (1u64..8).prop_map(|ms| Op::Advance { ms }),
         10 => Just(Op::DrainExpired),
         10 => (ix(), proptest::option::of(ix())).prop_map(|(instance, culprit)| Op::Trap { instance, culprit }),
@@ -120,6 +126,7 @@ struct MRequest {
 struct MInstance {
     closed: bool,
     backpressure: bool,
+    stalled: bool,
     served: u64,
     /// Every context of the instance (MAIN always), with its root.
     contexts: BTreeMap<ContextId, Option<RequestId>>,
@@ -188,21 +195,32 @@ impl World {
             .count();
         !instance.closed
             && !instance.backpressure
+            && !instance.stalled
             && in_flight < p.max_in_flight_per_instance
             && instance.served < p.max_requests_per_instance
     }
 
-    /// Whether the policy lets one more instance be added: those that take requests below
-    /// `max_instances`, and all (retired and trapped ones finishing their last requests
-    /// included) below twice it.
+    /// Whether the policy lets one more instance be added: those that take requests (or
+    /// would, but for being stalled) below `max_instances`, and all (retired, trapped and
+    /// stalled ones included) below twice it.
     fn room_for_an_instance(&self) -> bool {
         let p = policy();
-        let active = self
-            .instances
-            .values()
-            .filter(|m| !m.closed && m.served < p.max_requests_per_instance)
-            .count();
-        active < p.max_instances && self.instances.len() < 2 * p.max_instances
+        self.counted(None) < p.max_instances && self.instances.len() < 2 * p.max_instances
+    }
+
+    /// Instances counted against `max_instances`: open, under their request budget and not
+    /// stalled, `except` one.
+    fn counted(&self, except: Option<InstanceId>) -> usize {
+        let p = policy();
+        self.instances
+            .iter()
+            .filter(|(id, m)| {
+                Some(**id) != except
+                    && !m.closed
+                    && !m.stalled
+                    && m.served < p.max_requests_per_instance
+            })
+            .count()
     }
 
     /// Requests the instances could start at once.
@@ -465,6 +483,26 @@ impl World {
                 let id = ids[instance % ids.len()];
                 self.registry.lock().set_backpressure(id, on).unwrap();
                 self.instances.get_mut(&id).unwrap().backpressure = on;
+            }
+            Op::Stall { instance, on } => {
+                let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
+                if ids.is_empty() {
+                    return;
+                }
+                let id = ids[instance % ids.len()];
+                self.registry.lock().set_stalled(id, on).unwrap();
+                let others = self.counted(Some(id));
+                let m = self.instances.get_mut(&id).unwrap();
+                let was = std::mem::replace(&mut m.stalled, on);
+                // Back while the others fill the limit: retired.
+                if was
+                    && !on
+                    && !m.closed
+                    && m.served < policy().max_requests_per_instance
+                    && others >= policy().max_instances
+                {
+                    m.closed = true;
+                }
             }
             Op::Advance { ms } => self.now += Duration::from_millis(ms),
             Op::DrainExpired => {

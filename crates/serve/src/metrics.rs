@@ -5,7 +5,7 @@
 //! refusals, outgoing requests, stragglers, instances created and dropped) and what it knows
 //! at any moment (in flight, queue depth, live instances) is read from it at scrape time, not
 //! counted a second time. The rest is counted here: finished requests by status and outcome,
-//! latency histograms, requests served per instance, live contexts, preemptions and CPU-budget
+//! latency histograms, requests served per instance, live contexts, stalls and CPU-budget
 //! traps. A server without a metrics address has no [`Metrics`] and pays nothing.
 //!
 //! [`ServeConfig::metrics_addr`]: crate::ServeConfig::metrics_addr
@@ -40,7 +40,7 @@ pub(crate) struct Metrics {
     instance_requests: Histogram,
     /// Requests started per live instance, observed into `instance_requests` when it is dropped.
     started_on: Mutex<HashMap<InstanceId, u64>>,
-    preemptions: Counter,
+    stalls: Counter,
     cpu_budget_traps: Counter,
     live_contexts: Gauge,
 }
@@ -51,7 +51,7 @@ impl Metrics {
         let seconds = || Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
         let (response_time, post_response) = (seconds(), seconds());
         let instance_requests = Histogram::new(exponential_buckets(1.0, 2.0, 14));
-        let (preemptions, cpu_budget_traps) = (Counter::default(), Counter::default());
+        let (stalls, cpu_budget_traps) = (Counter::default(), Counter::default());
         let live_contexts = Gauge::default();
         registry.register(
             "request_duration_seconds",
@@ -69,9 +69,10 @@ impl Metrics {
             instance_requests.clone(),
         );
         registry.register(
-            "preemptions",
-            "Spinning contexts preempted back to their instance loop at an epoch tick",
-            preemptions.clone(),
+            "stalls",
+            "Contexts still running at an epoch tick: their instance took no new requests until \
+             they came back to the host",
+            stalls.clone(),
         );
         registry.register(
             "cpu_budget_traps",
@@ -95,7 +96,7 @@ impl Metrics {
             post_response,
             instance_requests,
             started_on: Mutex::new(HashMap::new()),
-            preemptions,
+            stalls,
             cpu_budget_traps,
             live_contexts,
         })
@@ -125,8 +126,8 @@ impl Metrics {
         self.instance_requests.observe(served as f64);
     }
 
-    pub(crate) fn preempted(&self) {
-        self.preemptions.inc();
+    pub(crate) fn stalled(&self) {
+        self.stalls.inc();
     }
 
     pub(crate) fn cpu_budget_trapped(&self) {

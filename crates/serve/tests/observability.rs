@@ -345,7 +345,7 @@ fn metrics_count_a_known_workload_exactly() {
     assert_eq!(samples["weft_queue_depth"], 0.0);
     assert_eq!(samples["weft_stragglers_total"], 0.0);
     assert_eq!(samples["weft_cpu_budget_traps_total"], 0.0);
-    assert!(samples.contains_key("weft_preemptions_total"));
+    assert!(samples.contains_key("weft_stalls_total"));
     // Nine requests, two per instance: at least four instances were retired and dropped, and
     // each had served two.
     assert!(

@@ -441,6 +441,12 @@ impl WasixContexts {
     /// Not for guests that run their own `main`: there the driver is main's
     /// `context_switch`, which would return to main's code as if the context had switched to
     /// it, behind the guest scheduler's back.
+    ///
+    /// The context is interrupted anywhere, not where its program switches: until it is
+    /// resumed, run no other context of the instance and create none in it (which grows
+    /// memory for a shadow stack) unless the guest is written to be interrupted anywhere. A C
+    /// guest is not: its allocator could be met half-way through an update, or find memory
+    /// grown between two of its own `memory.grow`s and take the new shadow stack for heap.
     pub fn preempt_to_main(&mut self) -> bool {
         if self.table.active() == MAIN_CONTEXT || self.requested_switch.is_some() {
             return false;

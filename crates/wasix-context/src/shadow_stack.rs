@@ -9,7 +9,11 @@
 //!   guest's own `sbrk` would) and carves fixed-size regions out of the new pages; it never
 //!   touches memory the guest allocated. A destroyed or terminated context's region goes to
 //!   a free list and is reused by the next context. wasi-libc's allocator treats the pages
-//!   the host grew as foreign and simply allocates past them.
+//!   the host grew as foreign and simply allocates past them, provided the host never grows
+//!   memory between two of the allocator's own `memory.grow`s: it takes the second for the
+//!   continuation of the first. Contexts are created only by a host call, so that holds
+//!   unless a host creates one while another context is preempted in the middle of its code
+//!   (see [`crate::WasixContexts::preempt_to_main`]).
 //! - **What is swapped.** On every switch the host reads `__stack_pointer` into the
 //!   suspended context's slot and writes the resumed context's saved value (a new context
 //!   starts at the top of its region). Main's value is saved the same way, so main finds its

@@ -82,14 +82,17 @@ pub(crate) fn new_store(
             .expect("serving stores account their memory")
     });
     // Every epoch tick (weft-sched's ticker) the running request's CPU budget is checked, and
-    // the running context is preempted back to the instance loop (main), which runs the
-    // instance's other ready contexts and takes new requests before it resumes this one
-    // behind them: a looping handler holds up neither its instance nor its worker. What the
-    // context did before it spun (a `block_on`, say) makes no difference.
+    // the running context yields its worker (other instances and connections run meanwhile)
+    // and resumes where it was. It is not switched away from: its guest is a single-threaded
+    // program whose contexts switch only where it says (`context_switch`, `block_on`), so
+    // running another context of the instance now could meet the allocator, or any other
+    // state, half-updated (and memory the host grew meanwhile would break the allocator's
+    // assumption that its heap grows contiguously). Instead the instance is marked stalled:
+    // it takes no new requests, and another instance may come for them, until the context
+    // comes back to the host; the CPU budget bounds how long that can take.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut context| {
         let HostState {
-            contexts,
             http,
             init_ticks_left,
             ..
@@ -119,12 +122,17 @@ pub(crate) fn new_store(
                 budget.as_millis()
             )));
         }
-        let active = contexts.active();
-        if contexts.preempt_to_main() {
-            http.scheduler.preempting(active);
+        // A tick finds a context at any point of its run: only one that ran for a whole tick
+        // interval already is computing rather than just started.
+        let computing = http
+            .cpu
+            .running_for(Instant::now())
+            .is_some_and(|ran| ran >= TICK);
+        if computing && !http.stalled {
             if let Some(metrics) = &http.shared.metrics {
-                metrics.preempted();
+                metrics.stalled();
             }
+            http.set_stalled(true);
         }
         Ok(UpdateDeadline::Yield(1))
     });
@@ -166,7 +174,7 @@ pub(crate) fn run_instance(
     inbox_tx: Sender<InstanceMsg>,
     inbox: Receiver<InstanceMsg>,
 ) {
-    let http = InstanceHttp::new(shared.clone(), id, inbox_tx);
+    let http = InstanceHttp::new(shared.clone(), id, inbox_tx, inbox.clone());
     let created = new_store(&guest, Some(http)).and_then(|mut store| {
         weft_sched::block_on(instantiate(&guest, &mut store)).map(|instance| (store, instance))
     });
@@ -295,6 +303,11 @@ impl Runner {
     /// Serves until the registry drops the instance (`false`) or it traps (`true`).
     fn serve(&mut self, inbox: &Receiver<InstanceMsg>) -> bool {
         loop {
+            while let Some(message) = self.http().held.pop_front() {
+                if !self.handle(message) {
+                    return false;
+                }
+            }
             while let Ok(message) = inbox.try_recv() {
                 if !self.handle(message) {
                     return false;
@@ -492,6 +505,9 @@ impl Runner {
         let end = Instant::now();
         let http = self.http();
         http.cpu.stop(end);
+        if result.is_ok() {
+            http.set_stalled(false);
+        }
         if let Some(trace) = http.shared.trace.lock().unwrap().as_mut() {
             let _ = trace.context_run(http.id, context, request, start, end);
         }
@@ -499,7 +515,7 @@ impl Runner {
             Ok(Resumed::SwitchedToMain) => {
                 self.sync();
                 let http = self.http();
-                if http.scheduler.parked(context) == Parked::Stray {
+                if http.scheduler.parked() == Parked::Stray {
                     eprintln!(
                         "weft serve: a context of instance {} switched to main without \
                          weft_http_v1 block_on: it is left suspended",

@@ -3,7 +3,7 @@
 //!
 //! The rules:
 //! - A context is *ready* when it was just started, when the operation it blocked on
-//!   completed (or was closed), when it was preempted, or when the guest scheduled it. A
+//!   completed (or was closed), or when the guest scheduled it. A
 //!   ready context is queued once, however many of these happen before it runs.
 //! - A *handle* names one operation a context can wait for: a fetch, a sleep, or room in
 //!   a streamed response body. Handles are
@@ -57,7 +57,7 @@ impl Operation {
 /// What became of the context that came back to main.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Parked {
-    /// Queued to run again (preempted, or its handle is already done).
+    /// Queued to run again (its handle is already done, or it just yields).
     Ready(ContextId),
     /// Waiting for its handle.
     Waiting(ContextId, HandleId),
@@ -91,10 +91,6 @@ pub(crate) struct Scheduler {
     answer_deadlines: BTreeSet<(Instant, RequestId)>,
     /// Set by `block_on` just before the guest switches to main.
     block_request: Option<(ContextId, HandleId)>,
-    /// The context an epoch tick preempted, until it is back in main.
-    preempted: Option<ContextId>,
-    /// `block_on`s whose context was preempted before it switched to main.
-    interrupted_blocks: HashMap<ContextId, HandleId>,
 }
 
 impl Scheduler {
@@ -184,56 +180,26 @@ impl Scheduler {
         if handle != 0 && !self.handles.contains_key(&handle) {
             return Err(ScheduleError::BadHandle);
         }
-        self.interrupted_blocks.remove(&context);
         self.block_request = Some((context, handle));
         Ok(())
     }
 
-    /// An epoch tick asked `context` to come back to main.
-    pub(crate) fn preempting(&mut self, context: ContextId) {
-        self.preempted = Some(context);
-    }
-
-    /// A context switched back to main after the host resumed `resumed`. The one that came
-    /// back may be another (contexts switch among themselves), so what it is comes from what
-    /// was recorded on the way: a preemption (queued again), a `block_on` (parked on its
-    /// handle, or queued when the handle is already done), or nothing (stray).
-    ///
-    /// A context preempted between its `block_on` and its switch to main keeps that wait: it
-    /// applies when the context, resumed later, does switch to main.
-    pub(crate) fn parked(&mut self, resumed: ContextId) -> Parked {
-        let preempted = self.preempted.take();
-        let mut request = self.block_request.take();
-        if let Some(context) = preempted {
-            if let Some((waiter, handle)) = request
-                && waiter == context
-            {
-                self.interrupted_blocks.insert(context, handle);
-                request = None;
-            }
-        } else if request.is_none() {
-            request = self
-                .interrupted_blocks
-                .remove(&resumed)
-                .map(|handle| (resumed, handle));
+    /// A context switched back to main. It may not be the one the host resumed (contexts
+    /// switch among themselves), so what it is comes from what was recorded on the way: a
+    /// `block_on` (parked on its handle, or queued when the handle is already done), or
+    /// nothing (stray).
+    pub(crate) fn parked(&mut self) -> Parked {
+        let Some((waiter, handle)) = self.block_request.take() else {
+            return Parked::Stray;
+        };
+        let done = handle == 0 || self.handles.get(&handle).is_none_or(Operation::is_done);
+        if done {
+            self.make_ready(waiter);
+            Parked::Ready(waiter)
+        } else {
+            self.waiting.entry(handle).or_default().push(waiter);
+            Parked::Waiting(waiter, handle)
         }
-        let mut parked = Parked::Stray;
-        if let Some((waiter, handle)) = request {
-            let done = handle == 0 || self.handles.get(&handle).is_none_or(Operation::is_done);
-            parked = if done {
-                self.make_ready(waiter);
-                Parked::Ready(waiter)
-            } else {
-                self.waiting.entry(handle).or_default().push(waiter);
-                Parked::Waiting(waiter, handle)
-            };
-        }
-        if let Some(context) = preempted {
-            // Behind the contexts that became ready meanwhile.
-            self.make_ready(context);
-            parked = Parked::Ready(context);
-        }
-        parked
     }
 
     /// The guest's `schedule(context)` from `caller`: `context` must be another suspended
@@ -253,7 +219,6 @@ impl Scheduler {
 
     /// `context` is gone (destroyed): it must never be resumed from a queue.
     pub(crate) fn forget_context(&mut self, context: ContextId) {
-        self.interrupted_blocks.remove(&context);
         if self.queued.remove(&context) {
             self.ready.retain(|&c| c != context);
         }
@@ -363,6 +328,12 @@ impl CpuAccount {
         self.running.is_some()
     }
 
+    /// How long the running context has run since the host last resumed it, at `now`.
+    pub(crate) fn running_for(&self, now: Instant) -> Option<Duration> {
+        self.running
+            .map(|(_, since)| now.saturating_duration_since(since))
+    }
+
     /// The request the running context works for, if any.
     pub(crate) fn running_request(&self) -> Option<RequestId> {
         self.running.and_then(|(request, _)| request)
@@ -423,7 +394,7 @@ mod tests {
         let mut s = Scheduler::default();
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         assert_eq!(s.block_on(5, h), Ok(()));
-        assert_eq!(s.parked(0), Parked::Waiting(5, h));
+        assert_eq!(s.parked(), Parked::Waiting(5, h));
         assert_eq!(s.next_ready(), None);
         s.fetch_done(h, Ok(response()));
         assert!(s.operation(h).unwrap().is_done());
@@ -436,9 +407,9 @@ mod tests {
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         s.fetch_done(h, Err(weft_wasix_context::Errno::Connrefused));
         s.block_on(5, h).unwrap();
-        assert_eq!(s.parked(0), Parked::Ready(5));
+        assert_eq!(s.parked(), Parked::Ready(5));
         s.block_on(6, 0).unwrap();
-        assert_eq!(s.parked(0), Parked::Ready(6));
+        assert_eq!(s.parked(), Parked::Ready(6));
         assert_eq!(s.next_ready(), Some(5));
         assert_eq!(s.next_ready(), Some(6));
     }
@@ -451,29 +422,13 @@ mod tests {
     }
 
     #[test]
-    fn a_switch_to_main_without_block_on_is_stray_and_a_preemption_is_ready() {
+    fn a_switch_to_main_without_block_on_is_stray() {
         let mut s = Scheduler::default();
-        assert_eq!(s.parked(0), Parked::Stray);
-        s.preempting(2);
-        assert_eq!(s.parked(0), Parked::Ready(2));
-        assert_eq!(s.next_ready(), Some(2));
+        assert_eq!(s.parked(), Parked::Stray);
+        s.block_on(2, 0).unwrap();
+        assert_eq!(s.parked(), Parked::Ready(2));
         // Each record is used once.
-        assert_eq!(s.parked(0), Parked::Stray);
-    }
-
-    #[test]
-    fn a_context_preempted_between_block_on_and_its_switch_keeps_its_wait() {
-        let mut s = Scheduler::default();
-        let h = s.open(Operation::Fetch { done: None }).unwrap();
-        s.block_on(7, h).unwrap();
-        // It spins instead of switching to main: the tick preempts it.
-        s.preempting(7);
-        assert_eq!(s.parked(7), Parked::Ready(7));
-        assert_eq!(s.next_ready(), Some(7));
-        // Resumed, it finally switches to main: now it waits for its handle.
-        assert_eq!(s.parked(7), Parked::Waiting(7, h));
-        s.fetch_done(h, Ok(response()));
-        assert_eq!(s.next_ready(), Some(7));
+        assert_eq!(s.parked(), Parked::Stray);
     }
 
     #[test]
@@ -483,7 +438,7 @@ mod tests {
         let mut s = Scheduler::default();
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         s.block_on(4, h).unwrap();
-        assert_eq!(s.parked(0), Parked::Waiting(4, h));
+        assert_eq!(s.parked(), Parked::Waiting(4, h));
         s.fetch_done(h, Ok(response()));
         assert_eq!(s.next_ready(), Some(4));
         assert_eq!(s.next_ready(), None);
@@ -495,7 +450,7 @@ mod tests {
         let now = Instant::now();
         let h = s.sleep(now, Duration::from_secs(5)).unwrap();
         s.block_on(4, h).unwrap();
-        assert_eq!(s.parked(0), Parked::Waiting(4, h));
+        assert_eq!(s.parked(), Parked::Waiting(4, h));
         assert!(s.close(h));
         assert!(!s.close(h));
         assert_eq!(s.next_ready(), Some(4));
@@ -512,7 +467,7 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(1)));
         for (context, handle) in [(1, late), (2, early), (3, forever)] {
             s.block_on(context, handle).unwrap();
-            assert_eq!(s.parked(0), Parked::Waiting(context, handle));
+            assert_eq!(s.parked(), Parked::Waiting(context, handle));
         }
         assert_eq!(
             s.fire_timers(now + Duration::from_millis(1500)),
@@ -565,7 +520,7 @@ mod tests {
         let mut s = Scheduler::default();
         let h = s.open(Operation::Fetch { done: None }).unwrap();
         s.block_on(3, h).unwrap();
-        s.parked(0);
+        s.parked();
         s.make_ready(4);
         s.forget_context(3);
         s.forget_context(4);

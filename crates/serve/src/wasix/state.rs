@@ -1,7 +1,7 @@
 //! The store data of a WASIX HTTP guest's instance: WASI, the contexts, and the host side of
 //! the `weft_http_v1` imports ([`InstanceHttp`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use hyper::Response;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use weft_http_attrib::{ContextExit, GreenAttribution, InstanceId, REQUEST_ID_HEADER, RequestId};
-use weft_sched::Sender;
+use weft_sched::{Receiver, Sender};
 use weft_wasix_context::{ContextEvent, ContextId, Errno, MAIN_CONTEXT, WasixContexts};
 
 use super::instance::InstanceMsg;
@@ -107,8 +107,15 @@ pub(crate) struct InstanceHttp {
     pub(crate) scheduler: Scheduler,
     pub(crate) cpu: CpuAccount,
     pub(crate) inbox: Sender<InstanceMsg>,
+    /// The instance loop's inbox, read here too when the instance stalls.
+    inbox_rx: Receiver<InstanceMsg>,
+    /// Messages taken from the inbox while stalled, for the loop to handle first.
+    pub(crate) held: VecDeque<InstanceMsg>,
     /// Handler contexts and their request.
     pub(crate) handlers: HashMap<ContextId, RequestId>,
+    /// The running context passed an epoch tick without coming back to the host: the
+    /// registry was told ([`weft_http_attrib::Registry::set_stalled`]).
+    pub(crate) stalled: bool,
     /// Contexts whose entrypoint ended, to destroy from main.
     terminated: Vec<ContextId>,
     /// This instance's share of the live-contexts metric.
@@ -116,7 +123,12 @@ pub(crate) struct InstanceHttp {
 }
 
 impl InstanceHttp {
-    pub(crate) fn new(shared: Arc<Shared>, id: InstanceId, inbox: Sender<InstanceMsg>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: InstanceId,
+        inbox: Sender<InstanceMsg>,
+        inbox_rx: Receiver<InstanceMsg>,
+    ) -> Self {
         InstanceHttp {
             attribution: GreenAttribution::new(shared.registry.clone(), id),
             cpu: CpuAccount::new(shared.settings.cpu_budget),
@@ -126,9 +138,37 @@ impl InstanceHttp {
             requests: HashMap::new(),
             scheduler: Scheduler::default(),
             inbox,
+            inbox_rx,
+            held: VecDeque::new(),
             handlers: HashMap::new(),
+            stalled: false,
             terminated: Vec::new(),
         }
+    }
+
+    /// Tells the registry whether this instance's running context is stalled (see
+    /// [`InstanceHttp::stalled`]), when that changes. On stalling, the requests sent here and
+    /// not started yet go back to the queue (they would wait for the stalled context); the
+    /// inbox's other messages are kept in [`InstanceHttp::held`] for the loop.
+    pub(crate) fn set_stalled(&mut self, on: bool) {
+        if self.stalled == on {
+            return;
+        }
+        self.stalled = on;
+        {
+            let mut registry = self.shared.registry.lock();
+            let _ = registry.set_stalled(self.id, on);
+            if on {
+                while let Ok(message) = self.inbox_rx.try_recv() {
+                    match message {
+                        InstanceMsg::Start(incoming) if registry.give_back(incoming.id).is_ok() => {
+                        }
+                        message => self.held.push_back(message),
+                    }
+                }
+            }
+        }
+        self.shared.pump();
     }
 
     /// `request` starts in the new handler context `context`.
