@@ -204,6 +204,8 @@ pub(crate) struct Shared {
     pub(crate) trace_context: bool,
     /// `None` unless spans are exported.
     pub(crate) otlp: Option<Arc<crate::otlp::Otlp>>,
+    /// Connections kept open to the upstreams guests call.
+    pub(crate) upstreams: crate::upstream::Upstreams,
 }
 
 impl Shared {

@@ -18,6 +18,7 @@ mod otlp;
 mod server;
 mod timeout;
 mod trace_context;
+mod upstream;
 pub mod wasix;
 
 pub use body::ResponseBody;

@@ -130,6 +130,7 @@ impl Server {
             shutdown_began: Mutex::new(None),
             drained_tx,
             served: AtomicUsize::new(0),
+            upstreams: Default::default(),
             metrics: config.metrics_addr.map(|_| Metrics::new(registry.clone())),
             // Exported spans need ids, and are only worth having when they join up.
             trace_context: config.trace_context || otlp.is_some(),

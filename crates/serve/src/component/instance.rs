@@ -27,10 +27,10 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 use weft_http_attrib::{ComponentAttribution, InstanceId, RequestId, Started};
 
 use super::ComponentGuest;
-use super::outgoing::full_body;
 use super::state::{ComponentState, attribution_of};
 use crate::dispatch::{Incoming, Shared};
 use crate::guest::InstanceInbox;
+use crate::upstream::full_body;
 
 /// An instantiated guest.
 pub(crate) enum Proxy {

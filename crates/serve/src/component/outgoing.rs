@@ -9,7 +9,8 @@
 //! (it did not come through a shadowed import) is refused rather than sent unattributed.
 //!
 //! The exchange itself is hyper's HTTP/1.1 client over weft-sched's `TcpStream`, in green
-//! threads of its own (as for WASIX guests); only plain `http` is sent.
+//! threads of its own, on connections kept between calls (`crate::upstream`, shared with
+//! WASIX guests); only plain `http` is sent.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use wasmtime::AsContextMut;
 use wasmtime::component::{Accessor, Linker, Resource};
@@ -33,6 +33,7 @@ use weft_http_attrib::{AttribError, Attribution, CallerStack, Outgoing, REQUEST_
 
 use super::state::{ComponentState, attribution_of};
 use crate::dispatch::Shared;
+use crate::upstream::{Origin, SendError, Upstreams};
 
 /// The 0.2 import that sends, as wasmtime-wasi-http's bindings name it in the linker.
 pub(crate) const P2_OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
@@ -116,7 +117,15 @@ impl WasiHttpHooks for OutgoingHooks {
                     })
                     .flatten()
             });
-            let result = send(request, &outgoing.header_value, options);
+            let fallback;
+            let upstreams = match &shared {
+                Some(shared) => &shared.upstreams,
+                None => {
+                    fallback = Upstreams::default();
+                    &fallback
+                }
+            };
+            let result = send(upstreams, request, &outgoing.header_value, options);
             if let (Some(shared), Some(span)) = (&shared, span)
                 && let Some(trace) = shared.trace.lock().unwrap().as_mut()
             {
@@ -145,10 +154,11 @@ impl WasiHttpHooks for OutgoingHooks {
     }
 }
 
-/// Connects, sends `request` carrying `header_value` as its `weft-request-id` (replacing any
-/// the guest set), and returns the response head with its body still streaming. Runs in a
-/// green thread.
+/// Sends `request` carrying `header_value` as its `weft-request-id` (replacing any the guest
+/// set) on a kept or new connection, and returns the response head with its body still
+/// streaming. Runs in a green thread.
 fn send(
+    upstreams: &Upstreams,
     request: http::Request<WasiBody>,
     header_value: &str,
     options: Option<RequestOptions>,
@@ -197,22 +207,19 @@ fn send(
         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
     let request = http::Request::from_parts(parts, body);
 
-    // Connecting parks only this green thread; the OS bounds how long it takes.
-    let stream =
-        weft_sched::TcpStream::connect((host.as_str(), port)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
-            std::io::ErrorKind::TimedOut => HttpError::ConnectionTimeout,
-            _ => HttpError::Connect(e),
-        })?;
-    let _ = stream.set_nodelay(true);
+    let origin = Origin { host, port };
     let exchange = async move {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(stream).await?;
-        // The connection (and the request body, streamed from the guest) is driven here
-        // until the response body is read or dropped.
-        weft_sched::spawn(move || {
-            let _ = weft_sched::block_on(connection);
-        });
-        let response = sender.send_request(request).await?;
+        let response = upstreams
+            .send(&origin, request)
+            .await
+            .map_err(|error| match error {
+                SendError::Connect(e) => match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
+                    std::io::ErrorKind::TimedOut => HttpError::ConnectionTimeout,
+                    _ => HttpError::Connect(e),
+                },
+                SendError::Http(e) => HttpError::from(e),
+            })?;
         Ok::<_, HttpError>(response.map(|body| body.map_err(HttpError::from).boxed_unsync()))
     };
     with_deadline(first_byte_timeout, exchange).ok_or(HttpError::HttpResponseTimeout)?
@@ -300,11 +307,4 @@ pub(crate) fn shadow_senders(linker: &mut Linker<ComponentState>) -> wasmtime::R
     )?;
     linker.allow_shadowing(false);
     Ok(())
-}
-
-/// A request body from bytes the server already holds.
-pub(crate) fn full_body(bytes: Bytes) -> WasiBody {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }

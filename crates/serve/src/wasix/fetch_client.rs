@@ -1,13 +1,16 @@
-//! The HTTP client behind the guest's `fetch`: outgoing HTTP/1.1 requests: hyper's client over weft-sched's
-//! `TcpStream`, run in a green thread of its own so only the calling context waits.
+//! The HTTP client behind the guest's `fetch`: outgoing HTTP/1.1 requests: hyper's client over
+//! weft-sched's `TcpStream` on connections kept between calls (`crate::upstream`), run in a
+//! green thread of its own so only the calling context waits.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 
 use weft_http_attrib::REQUEST_ID_HEADER;
+
+use crate::upstream::{Origin, SendError, Upstreams, full_body};
 
 /// How long the exchange of a fetch may take once connected (send, response head and body).
 /// The connect itself is bounded by the OS (a refused or unreachable loopback port fails at
@@ -80,22 +83,20 @@ impl FetchRequest {
         })
     }
 
-    /// Sends it, carrying `request_id` in `weft-request-id` (replacing any the guest set).
-    /// Runs in a green thread; `Err(errno)` on failure.
-    pub(crate) fn send(self, request_id: &str) -> Result<FetchResponse, Errno> {
+    /// Sends it on a kept or new connection of `upstreams`, carrying `request_id` in
+    /// `weft-request-id` (replacing any the guest set). Runs in a green thread; `Err(errno)`
+    /// on failure.
+    pub(crate) fn send(
+        self,
+        upstreams: &Upstreams,
+        request_id: &str,
+    ) -> Result<FetchResponse, Errno> {
         let host = self.uri.host().ok_or(EINVAL)?.to_string();
         let port = self.uri.port_u16().unwrap_or(80);
         let authority = self
             .uri
             .authority()
             .map_or_else(|| host.clone(), |a| a.as_str().to_string());
-        let stream =
-            weft_sched::TcpStream::connect((host.as_str(), port)).map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => Errno::Connrefused,
-                std::io::ErrorKind::TimedOut => Errno::Timedout,
-                _ => EIO,
-            })?;
-        let _ = stream.set_nodelay(true);
         let path = self
             .uri
             .path_and_query()
@@ -115,14 +116,26 @@ impl FetchRequest {
                 http::HeaderValue::from_str(&authority).map_err(|_| EINVAL)?,
             );
         }
-        let request = builder.body(Full::new(self.body)).map_err(|_| EINVAL)?;
+        let request = builder.body(full_body(self.body)).map_err(|_| EINVAL)?;
+        let origin = Origin {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        };
         let exchange = async move {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(stream)
-                    .await
-                    .map_err(|_| EIO)?;
-            let driver = weft_sched::spawn(move || weft_sched::block_on(connection));
-            let response = sender.send_request(request).await.map_err(|_| EIO)?;
+            let response = upstreams
+                .send(&origin, request)
+                .await
+                .map_err(|error| match error {
+                    SendError::Connect(e) => match e.kind() {
+                        std::io::ErrorKind::ConnectionRefused => Errno::Connrefused,
+                        std::io::ErrorKind::TimedOut => Errno::Timedout,
+                        _ => EIO,
+                    },
+                    SendError::Http(_) => EIO,
+                })?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), MAX_FETCH_BODY)
                 .collect()
@@ -137,8 +150,6 @@ impl FetchRequest {
                     }
                 })?
                 .to_bytes();
-            drop(sender);
-            drop(driver);
             Ok(FetchResponse { status, body })
         };
         weft_sched::block_on(crate::timeout::with_timeout(exchange, FETCH_TIMEOUT))

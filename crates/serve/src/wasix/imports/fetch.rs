@@ -88,7 +88,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                         })
                         .flatten();
                     weft_sched::spawn(move || {
-                        let result = request.send(&outgoing.header_value);
+                        let result = request.send(&shared.upstreams, &outgoing.header_value);
                         if let Some(client_span) = client_span {
                             client_span
                                 .finish(result.as_ref().map(|r| r.status).map_err(|e| e.name()));
