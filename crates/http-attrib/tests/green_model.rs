@@ -249,6 +249,11 @@ impl World {
             .collect()
     }
 
+    fn pick_instance(&self, ix: usize) -> Option<InstanceId> {
+        let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
+        (!ids.is_empty()).then(|| ids[ix % ids.len()])
+    }
+
     fn pick_context(&self, ix: usize) -> Option<(InstanceId, ContextId)> {
         let all = self.contexts();
         (!all.is_empty()).then(|| all[ix % all.len()])
@@ -476,20 +481,16 @@ impl World {
                 }
             }
             Op::Backpressure { instance, on } => {
-                let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
-                if ids.is_empty() {
+                let Some(id) = self.pick_instance(instance) else {
                     return;
-                }
-                let id = ids[instance % ids.len()];
+                };
                 self.registry.lock().set_backpressure(id, on).unwrap();
                 self.instances.get_mut(&id).unwrap().backpressure = on;
             }
             Op::Stall { instance, on } => {
-                let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
-                if ids.is_empty() {
+                let Some(id) = self.pick_instance(instance) else {
                     return;
-                }
-                let id = ids[instance % ids.len()];
+                };
                 self.registry.lock().set_stalled(id, on).unwrap();
                 let others = self.counted(Some(id));
                 let m = self.instances.get_mut(&id).unwrap();
@@ -574,11 +575,9 @@ impl World {
                 }
             }
             Op::Retire { instance } => {
-                let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
-                if ids.is_empty() {
+                let Some(id) = self.pick_instance(instance) else {
                     return;
-                }
-                let id = ids[instance % ids.len()];
+                };
                 self.registry.lock().retire(id).unwrap();
                 self.instances.get_mut(&id).unwrap().closed = true;
             }
@@ -587,11 +586,9 @@ impl World {
                 self.shutting_down = true;
             }
             Op::Trap { instance, culprit } => {
-                let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
-                if ids.is_empty() {
+                let Some(id) = self.pick_instance(instance) else {
                     return;
-                }
-                let id = ids[instance % ids.len()];
+                };
                 let on_it: Vec<RequestId> = self
                     .requests
                     .iter()

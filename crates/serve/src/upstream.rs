@@ -28,6 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use wasmtime_wasi_http::WasiBody;
+use weft_http_attrib::REQUEST_ID_HEADER;
 
 /// How long a kept connection may wait for its next request.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -46,10 +47,61 @@ pub(crate) struct Origin {
 /// Why a request got no response.
 #[derive(Debug)]
 pub(crate) enum SendError {
-    /// No connection could be opened.
+    /// The origin refused the connection.
+    Refused,
+    /// Connecting timed out.
+    ConnectTimeout,
+    /// No connection could be opened for another reason.
     Connect(std::io::Error),
     /// The exchange failed.
     Http(hyper::Error),
+}
+
+/// Why a guest's request cannot go to an origin.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unaddressable {
+    /// Not an absolute `http` URI (weft sends plain http only).
+    NotHttp,
+    /// Its authority cannot be a `Host` header, or its path not a request target.
+    BadUri,
+    /// The request id cannot be a header value.
+    BadId,
+}
+
+/// Readies `request` (with the absolute URI a guest gave) to go to its origin, and says which:
+/// its `weft-request-id` is `request_id` (one the guest set is replaced), it gets a `Host`
+/// header from the URI when the guest set none, and its URI is put in origin form (HTTP/1.1 to
+/// an origin server names only the path in the request line).
+pub(crate) fn address<B>(
+    request: &mut http::Request<B>,
+    request_id: &str,
+) -> Result<Origin, Unaddressable> {
+    let uri = request.uri();
+    if uri.scheme_str() != Some("http") {
+        return Err(Unaddressable::NotHttp);
+    }
+    let authority = uri.authority().ok_or(Unaddressable::NotHttp)?;
+    let origin = Origin {
+        host: authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: authority.port_u16().unwrap_or(80),
+    };
+    let host =
+        http::HeaderValue::from_str(authority.as_str()).map_err(|_| Unaddressable::BadUri)?;
+    let target: http::Uri = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse()
+        .map_err(|_| Unaddressable::BadUri)?;
+    let id = http::HeaderValue::from_str(request_id).map_err(|_| Unaddressable::BadId)?;
+    let headers = request.headers_mut();
+    headers.insert(REQUEST_ID_HEADER, id);
+    headers.entry(http::header::HOST).or_insert(host);
+    *request.uri_mut() = target;
+    Ok(origin)
 }
 
 struct Kept {
@@ -143,8 +195,14 @@ pub(crate) fn full_body(bytes: Bytes) -> WasiBody {
 /// A new connection to `origin`, driven by a green thread of its own until it closes.
 async fn connect(origin: &Origin) -> Result<SendRequest<WasiBody>, SendError> {
     // Connecting parks only this green thread; the OS bounds how long it takes.
-    let stream = weft_sched::TcpStream::connect((origin.host.as_str(), origin.port))
-        .map_err(SendError::Connect)?;
+    let stream =
+        weft_sched::TcpStream::connect((origin.host.as_str(), origin.port)).map_err(|error| {
+            match error.kind() {
+                std::io::ErrorKind::ConnectionRefused => SendError::Refused,
+                std::io::ErrorKind::TimedOut => SendError::ConnectTimeout,
+                _ => SendError::Connect(error),
+            }
+        })?;
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(stream)
         .await
@@ -241,6 +299,47 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn address_sets_the_id_and_host_and_puts_the_uri_in_origin_form() {
+        let mut request = http::Request::builder()
+            .uri("http://[::1]:8080/a/b?c=1")
+            .header(REQUEST_ID_HEADER, "forged")
+            .body(())
+            .unwrap();
+        let origin = address(&mut request, "00ff-7").unwrap();
+        assert_eq!(
+            origin,
+            Origin {
+                host: "::1".to_string(),
+                port: 8080
+            }
+        );
+        assert_eq!(request.uri(), "/a/b?c=1");
+        let ids: Vec<_> = request
+            .headers()
+            .get_all(REQUEST_ID_HEADER)
+            .iter()
+            .collect();
+        assert_eq!(ids, ["00ff-7"], "the guest's id is replaced, not added to");
+        assert_eq!(request.headers()[http::header::HOST], "[::1]:8080");
+        // A Host the guest set stays; no port means 80.
+        let mut request = http::Request::builder()
+            .uri("http://example.test")
+            .header(http::header::HOST, "other.test")
+            .body(())
+            .unwrap();
+        let origin = address(&mut request, "1").unwrap();
+        assert_eq!(origin.port, 80);
+        assert_eq!(request.uri(), "/");
+        assert_eq!(request.headers()[http::header::HOST], "other.test");
+        let mut https = http::Request::builder().uri("https://x/").body(()).unwrap();
+        assert_eq!(address(&mut https, "1"), Err(Unaddressable::NotHttp));
+        let mut relative = http::Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(address(&mut relative, "1"), Err(Unaddressable::NotHttp));
+        let mut plain = http::Request::builder().uri("http://x/").body(()).unwrap();
+        assert_eq!(address(&mut plain, "bad\nid"), Err(Unaddressable::BadId));
     }
 
     #[test]

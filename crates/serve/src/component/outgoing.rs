@@ -29,11 +29,11 @@ use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttp, WasiHttpHooks, WasiHttpView,
 };
-use weft_http_attrib::{AttribError, Attribution, CallerStack, Outgoing, REQUEST_ID_HEADER};
+use weft_http_attrib::{AttribError, Attribution, CallerStack, Outgoing};
 
 use super::state::{ComponentState, attribution_of};
 use crate::dispatch::Shared;
-use crate::upstream::{Origin, SendError, Upstreams};
+use crate::upstream::{SendError, Unaddressable, Upstreams, address};
 
 /// The 0.2 import that sends, as wasmtime-wasi-http's bindings name it in the linker.
 pub(crate) const P2_OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
@@ -163,61 +163,25 @@ fn send(
     header_value: &str,
     options: Option<RequestOptions>,
 ) -> Result<http::Response<WasiBody>, HttpError> {
-    let (mut parts, body) = request.into_parts();
-    if parts.uri.scheme_str() != Some("http") {
-        return Err(HttpError::InternalError(Some(
-            "weft serve sends plain http only".to_string(),
-        )));
-    }
-    let host = parts
-        .uri
-        .host()
-        .ok_or(HttpError::HttpRequestUriInvalid)?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = parts.uri.port_u16().unwrap_or(80);
-    let authority = parts
-        .uri
-        .authority()
-        .map_or_else(|| host.clone(), |a| a.as_str().to_string());
+    let mut request = request;
+    let origin = address(&mut request, header_value).map_err(|error| match error {
+        Unaddressable::NotHttp => {
+            HttpError::InternalError(Some("weft serve sends plain http only".to_string()))
+        }
+        Unaddressable::BadUri => HttpError::HttpRequestUriInvalid,
+        Unaddressable::BadId => HttpError::InternalError(Some("bad request id".to_string())),
+    })?;
     let first_byte_timeout = options
         .and_then(|o| o.first_byte_timeout)
         .unwrap_or(DEFAULT_TIMEOUT);
-
-    parts.headers.remove(REQUEST_ID_HEADER);
-    parts.headers.insert(
-        REQUEST_ID_HEADER,
-        http::HeaderValue::from_str(header_value)
-            .map_err(|_| HttpError::InternalError(Some("bad request id".to_string())))?,
-    );
-    if !parts.headers.contains_key(http::header::HOST) {
-        parts.headers.insert(
-            http::header::HOST,
-            http::HeaderValue::from_str(&authority)
-                .map_err(|_| HttpError::HttpRequestUriInvalid)?,
-        );
-    }
-    // HTTP/1.1 to an origin server: the request line carries the path only.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .parse()
-        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    let request = http::Request::from_parts(parts, body);
-
-    let origin = Origin { host, port };
     let exchange = async move {
         let response = upstreams
             .send(&origin, request)
             .await
             .map_err(|error| match error {
-                SendError::Connect(e) => match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
-                    std::io::ErrorKind::TimedOut => HttpError::ConnectionTimeout,
-                    _ => HttpError::Connect(e),
-                },
+                SendError::Refused => HttpError::ConnectionRefused,
+                SendError::ConnectTimeout => HttpError::ConnectionTimeout,
+                SendError::Connect(e) => HttpError::Connect(e),
                 SendError::Http(e) => HttpError::from(e),
             })?;
         Ok::<_, HttpError>(response.map(|body| body.map_err(HttpError::from).boxed_unsync()))

@@ -8,9 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 
-use weft_http_attrib::REQUEST_ID_HEADER;
-
-use crate::upstream::{Origin, SendError, Upstreams, full_body};
+use crate::upstream::{SendError, Upstreams, address, full_body};
 
 /// How long the exchange of a fetch may take once connected (send, response head and body).
 /// The connect itself is bounded by the OS (a refused or unreachable loopback port fails at
@@ -91,50 +89,21 @@ impl FetchRequest {
         upstreams: &Upstreams,
         request_id: &str,
     ) -> Result<FetchResponse, Errno> {
-        let host = self.uri.host().ok_or(EINVAL)?.to_string();
-        let port = self.uri.port_u16().unwrap_or(80);
-        let authority = self
-            .uri
-            .authority()
-            .map_or_else(|| host.clone(), |a| a.as_str().to_string());
-        let path = self
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        let mut builder = Request::builder().method(self.method).uri(path);
-        let headers = builder.headers_mut().expect("a fresh builder has headers");
-        *headers = self.headers;
-        headers.remove(REQUEST_ID_HEADER);
-        headers.insert(
-            REQUEST_ID_HEADER,
-            http::HeaderValue::from_str(request_id).map_err(|_| EINVAL)?,
-        );
-        if !headers.contains_key(http::header::HOST) {
-            headers.insert(
-                http::header::HOST,
-                http::HeaderValue::from_str(&authority).map_err(|_| EINVAL)?,
-            );
-        }
-        let request = builder.body(full_body(self.body)).map_err(|_| EINVAL)?;
-        let origin = Origin {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
-        };
+        let mut request = Request::builder()
+            .method(self.method)
+            .uri(self.uri)
+            .body(full_body(self.body))
+            .map_err(|_| EINVAL)?;
+        *request.headers_mut() = self.headers;
+        let origin = address(&mut request, request_id).map_err(|_| EINVAL)?;
         let exchange = async move {
             let response = upstreams
                 .send(&origin, request)
                 .await
                 .map_err(|error| match error {
-                    SendError::Connect(e) => match e.kind() {
-                        std::io::ErrorKind::ConnectionRefused => Errno::Connrefused,
-                        std::io::ErrorKind::TimedOut => Errno::Timedout,
-                        _ => EIO,
-                    },
-                    SendError::Http(_) => EIO,
+                    SendError::Refused => Errno::Connrefused,
+                    SendError::ConnectTimeout => Errno::Timedout,
+                    SendError::Connect(_) | SendError::Http(_) => EIO,
                 })?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), MAX_FETCH_BODY)
