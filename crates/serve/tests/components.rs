@@ -38,6 +38,34 @@ fn a_p3_hello_component_is_served_and_its_instance_reused() {
 }
 
 #[test]
+fn concurrent_requests_are_spread_over_the_instances_allowed_though_one_could_take_them_all() {
+    // An instance runs the code of its requests one at a time, on one worker: eight requests
+    // at once on one instance (which takes sixteen) would leave the other worker idle. An
+    // instance is busy from a request it is given until it next waits, and when every
+    // instance is busy another is created.
+    let server = Server::start(config("p3_hello")).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(request(addr, "/first", &[]).status, 200);
+    assert_eq!(server.stats().instances_created, 1, "{:?}", server.stats());
+    let mut served = 1;
+    for _wave in 0..10 {
+        let replies = concurrently(8, |i| request(addr, &format!("/wave/{i}"), &[]));
+        assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
+        served += replies.len();
+        if server.stats().instances_created > 1 {
+            break;
+        }
+    }
+    let report = stop(server);
+    assert_eq!(
+        report.stats.instances_created, 2,
+        "one per worker: {:?}",
+        report.stats
+    );
+    assert_eq!(report.stats.completed, served as u64, "{:?}", report.stats);
+}
+
+#[test]
 fn a_p2_hello_component_is_served_by_reused_instances_one_request_at_a_time() {
     let server = Server::start(config("p2_hello")).unwrap();
     let addr = server.local_addr();

@@ -226,6 +226,31 @@ fn concurrent_requests_share_one_instance() {
 }
 
 #[test]
+fn concurrent_requests_are_spread_over_the_instances_allowed_though_one_could_take_them_all() {
+    // An instance runs its contexts one at a time, on one worker: it is busy from a request
+    // it is given until it next waits, and when every instance is busy another is created
+    // (within `max_instances`, two here), though one instance would take sixteen requests.
+    let server = Server::start(config()).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(request(addr, "/e", &[]).body, "/e");
+    let mut served = 1;
+    // Fewer than the 128 requests after which an instance is replaced.
+    for _wave in 0..10 {
+        let replies = concurrently(8, |i| request(addr, &format!("/e{i}"), &[]));
+        for (i, reply) in replies.iter().enumerate() {
+            assert_eq!(reply.body, format!("/e{i}"), "{reply:?}");
+        }
+        served += replies.len();
+        if server.stats().instances_created > 1 {
+            break;
+        }
+    }
+    let report = stop(server);
+    assert_eq!(report.stats.instances_created, 2, "{:?}", report.stats);
+    assert_eq!(report.stats.completed, served as u64, "{:?}", report.stats);
+}
+
+#[test]
 fn every_fetch_carries_the_id_of_the_request_that_caused_it() {
     let upstream = Upstream::start();
     let server = Server::start(config()).unwrap();

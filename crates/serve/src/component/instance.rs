@@ -101,21 +101,22 @@ impl InstanceInbox for Inbox {
 /// Runs `future` to completion on this green thread with tokio's runtime entered while it is
 /// polled (only then: the green thread may resume on another worker between polls).
 pub(crate) fn block_in_tokio<F: Future>(tokio: &tokio::runtime::Handle, future: F) -> F::Output {
-    block_in_tokio_flushing(tokio, future, &Deferred::default())
+    block_in_tokio_waiting(tokio, future, || {})
 }
 
-/// [`block_in_tokio`], handing `deferred`'s responses over each time the future waits.
-fn block_in_tokio_flushing<F: Future>(
+/// [`block_in_tokio`], calling `waiting` each time the future waits (before the green thread
+/// parks).
+fn block_in_tokio_waiting<F: Future>(
     tokio: &tokio::runtime::Handle,
     future: F,
-    deferred: &Deferred,
+    mut waiting: impl FnMut(),
 ) -> F::Output {
     let mut future = pin!(future);
     weft_sched::block_on(poll_fn(|cx| {
         let _entered = tokio.enter();
         let poll = future.as_mut().poll(cx);
         if poll.is_pending() {
-            deferred.hand_over();
+            waiting();
         }
         poll
     }))
@@ -175,11 +176,14 @@ pub(crate) fn run_instance(
         inbox: inbox_tx,
         handler: Handler::of(&proxy),
         deferred: Arc::new(Deferred::default()),
+        // Reported idle at its first wait: from then on the registry counts it busy from
+        // each request it is given to its next wait.
+        started_since_idle: AtomicBool::new(true),
     };
-    let result = block_in_tokio_flushing(
+    let result = block_in_tokio_waiting(
         &guest.tokio,
         store.run_concurrent(async |accessor| serving.run(accessor, &mut inbox).await),
-        &serving.deferred,
+        || serving.waiting(),
     )
     .and_then(|result| result);
     match result {
@@ -216,9 +220,23 @@ struct Serving {
     inbox: UnboundedSender<InstanceMsg>,
     handler: Handler,
     deferred: Arc<Deferred>,
+    /// A request was started since the instance last waited.
+    started_since_idle: AtomicBool,
 }
 
 impl Serving {
+    /// The store's event loop waits: every task is blocked (on I/O, a timer, a reader) or
+    /// gone, so the worker is free. Held responses go out, and the registry hears the instance
+    /// is idle (once per request started meanwhile, not at every wait): it prefers idle
+    /// instances, and adds one when all are busy, so a guest that computes does not hold many
+    /// requests on one worker while another worker has nothing to run.
+    fn waiting(&self) {
+        self.deferred.hand_over();
+        if self.started_since_idle.swap(false, Ordering::Relaxed) {
+            let _ = self.shared.registry.lock().instance_idle(self.id);
+        }
+    }
+
     /// The store's event loop runs while this runs: until the registry stops the instance
     /// (`Ok`) or a request's call fails, which poisons the store (`Err`).
     async fn run(
@@ -242,6 +260,7 @@ impl Serving {
                 }
                 match inbox.poll_next_unpin(cx) {
                     Poll::Ready(Some(InstanceMsg::Start(incoming))) => {
+                        self.started_since_idle.store(true, Ordering::Relaxed);
                         let timeout = self.shared.settings.limits.request_timeout;
                         answer_by.insert((Instant::now() + timeout, incoming.id));
                         unanswered.insert(incoming.id, incoming.clone());

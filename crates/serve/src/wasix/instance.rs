@@ -191,6 +191,7 @@ pub(crate) fn run_instance(
         host: HostContexts::new(contexts_of),
         lost_events: None,
         retiring: false,
+        started_since_idle: true,
     };
     // A panic in host code (an import, the scheduler, a library) ends this instance as a trap
     // would: its culprit fails, untouched siblings are requeued, the registry drops the
@@ -264,6 +265,9 @@ struct Runner {
     lost_events: Option<super::state::EventsLost>,
     /// Retired for holding too much memory (asked once).
     retiring: bool,
+    /// A request was started since the instance last waited (true at first, so the registry
+    /// hears of the instance's first wait).
+    started_since_idle: bool,
 }
 
 impl Runner {
@@ -325,6 +329,7 @@ impl Runner {
                 weft_sched::yield_if_needed();
                 continue;
             }
+            self.waiting();
             let message = match self.http().scheduler.next_deadline() {
                 None => inbox.recv().ok(),
                 Some(deadline) => {
@@ -365,10 +370,25 @@ impl Runner {
     }
 
     /// `false` to stop.
+    /// Nothing is ready to run: every context waits (for a fetch, a timer, a reader) and
+    /// the inbox is empty, so the worker is free. The registry hears the instance is idle
+    /// (once per request started meanwhile, not at every wait): it prefers idle instances and
+    /// adds one when all are busy, so requests that compute do not pile up on one worker
+    /// while another has nothing to run.
+    fn waiting(&mut self) {
+        if std::mem::take(&mut self.started_since_idle) {
+            let http = self.http();
+            let _ = http.shared.registry.lock().instance_idle(http.id);
+        }
+    }
+
     fn handle(&mut self, message: InstanceMsg) -> bool {
         match message {
             InstanceMsg::Stop => return false,
-            InstanceMsg::Start(incoming) => self.start(incoming),
+            InstanceMsg::Start(incoming) => {
+                self.started_since_idle = true;
+                self.start(incoming);
+            }
             InstanceMsg::FetchDone { handle, result } => {
                 self.http().scheduler.fetch_done(handle, result);
             }
