@@ -77,6 +77,9 @@ pub struct ComponentAttribution {
     /// The root each override stack was entered under: a stack found under a
     /// different root belongs to an earlier task in a reused slot.
     override_roots: HashMap<GuestTaskId, GuestTaskId>,
+    /// The backpressure last mirrored into the registry (`None`: not yet): the
+    /// registry is told only of changes, not at every poll.
+    mirrored_backpressure: Option<bool>,
 }
 
 impl ComponentAttribution {
@@ -89,6 +92,7 @@ impl ComponentAttribution {
             roots: HashMap::new(),
             overrides: OverrideStacks::new(),
             override_roots: HashMap::new(),
+            mirrored_backpressure: None,
         }
     }
 
@@ -255,9 +259,15 @@ impl ComponentAttribution {
         let result = accessor.with(|mut access| {
             let mut store = access.as_context_mut();
             let this = get(store.data_mut());
-            this.registry
-                .lock()
-                .set_backpressure(this.instance, ready.is_pending())
+            let on = ready.is_pending();
+            if this.mirrored_backpressure == Some(on) {
+                return Ok(());
+            }
+            let result = this.registry.lock().set_backpressure(this.instance, on);
+            if result.is_ok() {
+                this.mirrored_backpressure = Some(on);
+            }
+            result
         });
         match (ready, result) {
             (_, Err(e)) => Poll::Ready(Err(e.into())),
